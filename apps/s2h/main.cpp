@@ -1,0 +1,32 @@
+// s2h: train, prune, evaluate and export networks (see README.md).
+#include <cstdio>
+#include <exception>
+
+#include "apps/s2h/commands.h"
+#include "engine/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"s2h: a C++/CUDA engine for structured-pruning research"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "s2h 0.1.0");
+  s2h::app::TrainOptions train;
+  s2h::app::EvalOptions eval;
+  CLI::App* train_cmd = s2h::app::add_train_command(app, train);
+  CLI::App* eval_cmd = s2h::app::add_eval_command(app, eval);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    if (train_cmd->parsed()) return s2h::app::run_train(train);
+    if (eval_cmd->parsed()) return s2h::app::run_eval(eval);
+  } catch (const s2h::Error& e) {
+    std::fprintf(stderr, "s2h: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "s2h: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,26 @@
+// Helpers shared by the op implementations (not part of the public API).
+#pragma once
+
+#include <vector>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace s2h::detail {
+
+// Throws unless t is defined, on the CPU, and of a CPU compute dtype.
+void check_compute(const Tensor& t, const char* op, const char* what);
+// Throws unless a and b have the same dtype.
+void check_same_dtype(const Tensor& a, const Tensor& b, const char* op);
+
+// The contiguous data of t without history (for kernels and saved values).
+inline Tensor data_of(const Tensor& t) { return t.detach().contiguous(); }
+
+// Strides with which a contiguous tensor of `shape` is read as `out_shape`
+// (0 along broadcast axes), one per axis of out_shape.
+Shape broadcast_strides(const Shape& shape, const Shape& out_shape);
+
+// Which of the inputs want a gradient (captured at forward time).
+inline bool wants_grad(const Tensor& t) { return grad_enabled() && t.defined() && t.requires_grad(); }
+
+}  // namespace s2h::detail

@@ -1,0 +1,163 @@
+#include "tests/test_util.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <random>
+
+namespace s2h::test {
+
+uint64_t run_seed() {
+  static const uint64_t seed = [] {
+    if (const char* s = std::getenv("S2H_TEST_SEED")) return static_cast<uint64_t>(std::strtoull(s, nullptr, 10));
+    std::random_device rd;
+    return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  }();
+  return seed;
+}
+
+namespace {
+// Prints the seed once per failing test.
+class SeedReporter : public ::testing::EmptyTestEventListener {
+  void OnTestEnd(const ::testing::TestInfo& info) override {
+    if (info.result()->Failed())
+      std::printf("[ seed     ] replay with S2H_TEST_SEED=%llu\n", static_cast<unsigned long long>(run_seed()));
+  }
+};
+const bool registered = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new SeedReporter);
+  return true;
+}();
+}  // namespace
+
+Generator& test_generator() {
+  static std::string current;
+  static Generator gen;
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name = info ? std::string(info->test_suite_name()) + "." + info->name() : "none";
+  if (name != current) {
+    current = name;
+    gen.seed(run_seed() ^ std::hash<std::string>{}(name));
+  }
+  return gen;
+}
+
+Tensor randn(const Shape& shape, DType dtype, double scale) {
+  Tensor t = Tensor::randn(shape, DType::F64, &test_generator());
+  if (scale != 1.0) t.mul_(scale);
+  return t.to(dtype);
+}
+
+Tensor uniform(const Shape& shape, double lo, double hi, DType dtype) {
+  return Tensor::uniform(shape, lo, hi, dtype, &test_generator());
+}
+
+Tensor leaf(const Shape& shape, DType dtype, double scale) {
+  Tensor t = randn(shape, dtype, scale);
+  t.set_requires_grad(true);
+  return t;
+}
+
+Tensor leaf_uniform(const Shape& shape, double lo, double hi, DType dtype) {
+  Tensor t = uniform(shape, lo, hi, dtype);
+  t.set_requires_grad(true);
+  return t;
+}
+
+std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+
+double scaled_error(const Tensor& a, const Tensor& ref, double floor) {
+  const std::vector<double> va = values(a), vr = values(ref);
+  if (va.size() != vr.size()) return INFINITY;
+  double scale = floor, err = 0;
+  for (double v : vr) scale = std::max(scale, std::abs(v));
+  for (size_t i = 0; i < va.size(); ++i) {
+    if (std::isnan(va[i]) != std::isnan(vr[i])) return INFINITY;
+    err = std::max(err, std::abs(va[i] - vr[i]));
+  }
+  return err / scale;
+}
+
+void expect_close(const Tensor& a, const Tensor& ref, double rtol, double atol, const std::string& what) {
+  ASSERT_TRUE(a.defined()) << what << ": result is undefined";
+  ASSERT_TRUE(ref.defined()) << what << ": reference is undefined";
+  ASSERT_EQ(a.shape(), ref.shape()) << what << ": shape " << shape_str(a.shape()) << " vs reference "
+                                    << shape_str(ref.shape());
+  const std::vector<double> va = values(a), vr = values(ref);
+  int reported = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    const bool ok = !std::isnan(va[i]) && std::abs(va[i] - vr[i]) <= atol + rtol * std::abs(vr[i]);
+    if (!ok && reported++ < 5)
+      ADD_FAILURE() << what << ": element " << i << " is " << va[i] << ", reference " << vr[i] << " (|diff| "
+                    << std::abs(va[i] - vr[i]) << ")";
+  }
+  if (reported > 5) ADD_FAILURE() << what << ": " << reported << " elements differ in all";
+}
+
+void gradcheck(const std::string& name, const std::function<Tensor(const std::vector<Tensor>&)>& fn,
+               const std::vector<Tensor>& inputs, const GradcheckOptions& opt) {
+  SCOPED_TRACE("gradcheck " + name);
+  for (const Tensor& t : inputs) ASSERT_TRUE(!t.defined() || t.dtype() == DType::F64 || !t.requires_grad()) << "inputs must be f64";
+  for (const Tensor& t : inputs)
+    if (t.defined()) t.zero_grad();
+  Tensor out = fn(inputs);
+  ASSERT_EQ(out.dtype(), DType::F64);
+  const Tensor weights = randn(out.shape());
+  auto loss_of = [&](const Tensor& o) { return sum(mul(o, weights)); };
+  Tensor loss = loss_of(out);
+  ASSERT_TRUE(loss.requires_grad()) << name << ": the output does not depend on any input that requires grad";
+  loss.backward();
+
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Tensor& in = inputs[k];
+    if (!in.defined() || !in.requires_grad()) continue;
+    const Tensor analytic = in.grad();
+    ASSERT_TRUE(analytic.defined()) << name << ": no gradient reached input " << k;
+    ASSERT_EQ(analytic.shape(), in.shape());
+    ASSERT_TRUE(in.is_contiguous());
+    const std::vector<double> a = values(analytic);
+    double* p = in.data<double>();
+    int reported = 0;
+    for (int64_t i = 0; i < in.numel(); ++i) {
+      const double saved = p[i];
+      double lp, lm;
+      {
+        NoGradGuard guard;
+        p[i] = saved + opt.eps;
+        lp = loss_of(fn(inputs)).item();
+        p[i] = saved - opt.eps;
+        lm = loss_of(fn(inputs)).item();
+        p[i] = saved;
+      }
+      const double numeric = (lp - lm) / (2 * opt.eps);
+      if (!(std::abs(a[i] - numeric) <= opt.atol + opt.rtol * std::abs(numeric)) && reported++ < 5)
+        ADD_FAILURE() << name << ": d/d input" << k << "[" << i << "] analytic " << a[i] << ", numeric " << numeric;
+    }
+  }
+
+  if (opt.f32_tol <= 0) return;
+  // The same computation in f32 against the f64 result.
+  std::vector<Tensor> in32;
+  for (const Tensor& t : inputs) {
+    if (!t.defined()) {
+      in32.emplace_back();
+      continue;
+    }
+    Tensor c = t.detach().to(t.dtype() == DType::F64 ? DType::F32 : t.dtype()).clone();
+    if (t.requires_grad()) c.set_requires_grad(true);
+    in32.push_back(c);
+  }
+  Tensor out32 = fn(in32);
+  ASSERT_EQ(out32.dtype(), DType::F32) << name << ": the f32 run did not compute in f32";
+  EXPECT_LE(scaled_error(out32, out), opt.f32_tol) << name << ": f32 output differs from f64";
+  sum(mul(out32, weights.to(DType::F32))).backward();
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    if (!inputs[k].defined() || !inputs[k].requires_grad()) continue;
+    EXPECT_LE(scaled_error(in32[k].grad(), inputs[k].grad()), opt.f32_tol)
+        << name << ": f32 gradient of input " << k << " differs from f64";
+  }
+}
+
+std::string source_dir() { return S2H_TEST_SOURCE_DIR; }
+
+}  // namespace s2h::test
