@@ -33,7 +33,8 @@ Tensor lastdim_op(const Tensor& x, const char* name, Fwd fwd, Bwd bwd) {
 template <class Op>
 Tensor along_axis(const Tensor& x, int64_t axis, Op op) {
   const int64_t nd = x.dim();
-  const int64_t a = normalize_axis(axis, std::max<int64_t>(nd, 1), "softmax axis");
+  S2H_CHECK(nd >= 1, "softmax: input must have at least one dimension");
+  const int64_t a = normalize_axis(axis, nd, "softmax axis");
   if (a == nd - 1) return op(x);
   return transpose(op(transpose(x, a, nd - 1).contiguous()), a, nd - 1);
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <climits>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -102,6 +103,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) S2H_FAIL("{}: is a directory, not a safetensors file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) S2H_FAIL("{}: cannot open: {}", path, sys_error());
   in.seekg(0, std::ios::end);
@@ -165,7 +168,12 @@ SafetensorsFile load_safetensors(const std::string& path) {
               "{}: tensor '{}': data_offsets must be two non-negative integers", path, name);
     e.begin = off[0].get<uint64_t>();
     e.end = off[1].get<uint64_t>();
-    const uint64_t expected = static_cast<uint64_t>(shape_numel(e.shape)) * dtype_size(e.dtype);
+    // Element count and byte size, refusing sizes that overflow 64 bits.
+    uint64_t expected = dtype_size(e.dtype);
+    for (int64_t d : e.shape)
+      S2H_CHECK(!__builtin_mul_overflow(expected, static_cast<uint64_t>(d), &expected) &&
+                    expected <= static_cast<uint64_t>(INT64_MAX),
+                "{}: tensor '{}': shape {} is too large", path, name, shape_str(e.shape));
     S2H_CHECK(e.begin <= e.end && e.end - e.begin == expected,
               "{}: tensor '{}': data_offsets [{}, {}] hold {} bytes, shape {} of {} needs {}", path, name, e.begin,
               e.end, e.end - e.begin, shape_str(e.shape), dtype_name(e.dtype), expected);
@@ -173,10 +181,16 @@ SafetensorsFile load_safetensors(const std::string& path) {
               name, e.end, data_size);
     entries.push_back(std::move(e));
   }
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < entries.size(); ++i)
-    S2H_CHECK(entries[i].begin >= entries[i - 1].end, "{}: tensors '{}' and '{}' overlap", path, entries[i - 1].name,
-              entries[i].name);
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  // Non-empty tensors must not share bytes (empty ones occupy none).
+  const Entry* prev = nullptr;
+  for (const Entry& e : entries) {
+    if (e.begin == e.end) continue;
+    S2H_CHECK(!prev || e.begin >= prev->end, "{}: tensors '{}' and '{}' overlap", path, prev->name, e.name);
+    prev = &e;
+  }
   for (const Entry& e : entries) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
     in.seekg(static_cast<std::streamoff>(8 + hlen + e.begin));

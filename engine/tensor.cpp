@@ -88,6 +88,7 @@ TensorImpl& Tensor::impl() const {
 int64_t Tensor::size(int64_t axis) const { return shape()[normalize_axis(axis, dim())]; }
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;
   const Shape& sh = shape();
   const Shape& st = strides();
   int64_t expected = 1;

@@ -15,8 +15,16 @@ int main(int argc, char** argv) {
   CLI::App* eval_cmd = s2h::app::add_eval_command(app, eval);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, like every other error; CLI11's exit codes are non-zero.
+    std::fprintf(stderr, "s2h: error: %s (see s2h --help)\n", e.what());
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
   }
   try {
     if (train_cmd->parsed()) return s2h::app::run_train(train);

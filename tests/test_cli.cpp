@@ -1,0 +1,210 @@
+// The s2h binary end to end: bad input gives one clear line on stderr and a
+// non-zero exit; a tiny training run on a fake Fashion-MNIST folder writes its
+// config, metrics, checkpoint, and `s2h eval` reads the checkpoint back.
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/idx.h"
+#include "tests/test_util.h"
+
+namespace s2h::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+  int err_lines() const { return static_cast<int>(std::count(err.begin(), err.end(), '\n')); }
+};
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() / fmt::format("s2h-cli-{}-{}", ::getpid(), counter_++);
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  static inline int counter_ = 0;
+};
+
+Result run_s2h(const std::string& args, const fs::path& workdir) {
+  const fs::path out = workdir / "stdout.txt", err = workdir / "stderr.txt";
+  const std::string cmd = fmt::format("cd '{}' && '{}' {} > '{}' 2> '{}'", workdir.string(), S2H_BINARY, args,
+                                      out.string(), err.string());
+  const int status = std::system(cmd.c_str());
+  Result r;
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  return r;
+}
+
+// A Fashion-MNIST-shaped folder with n_train / n_test random images. Each
+// class gets a distinct bright square so that a short run can learn it.
+void write_fake_fashion_mnist(const fs::path& root, int n_train, int n_test) {
+  fs::create_directories(root);
+  Generator& gen = test_generator();
+  for (auto [prefix, n] : {std::pair<const char*, int>{"train", n_train}, {"t10k", n_test}}) {
+    std::vector<uint8_t> images(static_cast<size_t>(n) * 28 * 28), labels(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      const int label = static_cast<int>(gen.below(10));
+      labels[static_cast<size_t>(i)] = static_cast<uint8_t>(label);
+      for (int p = 0; p < 28 * 28; ++p) {
+        const int r = p / 28, c = p % 28;
+        const bool on = r / 7 == label / 4 + 1 && c / 7 == label % 4;
+        images[static_cast<size_t>(i) * 784 + static_cast<size_t>(p)] =
+            static_cast<uint8_t>(on ? 200 + gen.below(55) : gen.below(60));
+      }
+    }
+    data::write_idx((root / (std::string(prefix) + "-images-idx3-ubyte.gz")).string(), {n, 28, 28}, images);
+    data::write_idx((root / (std::string(prefix) + "-labels-idx1-ubyte.gz")).string(), {n}, labels);
+  }
+}
+
+void expect_one_line_error(const Result& r, const std::string& needle) {
+  EXPECT_NE(r.rc, 0) << "stderr: " << r.err;
+  EXPECT_EQ(r.err_lines(), 1) << "expected one line on stderr, got:\n" << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "stderr does not mention '" << needle << "':\n" << r.err;
+}
+
+TEST(Cli, NegativeEpochCount) {
+  TempDir tmp;
+  expect_one_line_error(run_s2h("train --epochs -3", tmp.path()), "--epochs must be positive, got -3");
+}
+
+TEST(Cli, UnknownModelName) {
+  TempDir tmp;
+  expect_one_line_error(run_s2h("train --model resnet9000", tmp.path()), "unknown model 'resnet9000'");
+}
+
+TEST(Cli, UnknownFlagAndBadValue) {
+  TempDir tmp;
+  expect_one_line_error(run_s2h("train --bogus", tmp.path()), "--bogus");
+  expect_one_line_error(run_s2h("train --epochs many", tmp.path()), "--epochs");
+  expect_one_line_error(run_s2h("train --optimizer rmsprop", tmp.path()), "unknown optimizer 'rmsprop'");
+}
+
+TEST(Cli, MissingIdxFile) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 20, 10);
+  fs::remove(tmp.path() / "data" / "train-images-idx3-ubyte.gz");
+  const Result r = run_s2h("train --data-root data --out run", tmp.path());
+  expect_one_line_error(r, "train-images-idx3-ubyte.gz: file not found");
+  EXPECT_FALSE(fs::exists(tmp.path() / "run")) << "nothing may be written before the data is read";
+}
+
+TEST(Cli, MissingDataRoot) {
+  TempDir tmp;
+  expect_one_line_error(run_s2h("train --data-root nowhere", tmp.path()), "data root nowhere is not a directory");
+}
+
+TEST(Cli, TruncatedIdxFile) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 20, 10);
+  // A raw (not gzipped) idx file whose header promises 20 images but holds 19.5.
+  std::vector<uint8_t> pixels(static_cast<size_t>(20 * 784 - 392), 7);
+  const fs::path raw = tmp.path() / "raw.idx";
+  data::write_idx(raw.string(), {20, 28, 28}, pixels);
+  fs::rename(raw, tmp.path() / "data" / "train-images-idx3-ubyte.gz");  // gzread reads raw files transparently
+  expect_one_line_error(run_s2h("train --data-root data", tmp.path()), "truncated");
+}
+
+TEST(Cli, TruncatedGzipFile) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 200, 10);
+  const fs::path f = tmp.path() / "data" / "train-images-idx3-ubyte.gz";
+  const std::string bytes = read_file(f);
+  std::ofstream(f, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  const Result r = run_s2h("train --data-root data", tmp.path());
+  expect_one_line_error(r, "train-images-idx3-ubyte.gz");
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+}
+
+TEST(Cli, WrongMagicNumber) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 20, 10);
+  // A labels file where the images file should be.
+  fs::copy_file(tmp.path() / "data" / "train-labels-idx1-ubyte.gz", tmp.path() / "data" / "train-images-idx3-ubyte.gz",
+                fs::copy_options::overwrite_existing);
+  expect_one_line_error(run_s2h("train --data-root data", tmp.path()), "wrong magic number 0x00000801");
+}
+
+TEST(Cli, TrainEvalRoundTrip) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 512, 128);
+  const Result r = run_s2h("train --data-root data --epochs 2 --batch-size 32 --lr 0.05 --out run --log-every 4 --threads 2",
+                           tmp.path());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors"})
+    EXPECT_TRUE(fs::exists(tmp.path() / "run" / f)) << f;
+  EXPECT_FALSE(fs::exists(tmp.path() / "run" / "model.safetensors.tmp")) << "temporary checkpoint left behind";
+
+  const nlohmann::json config = nlohmann::json::parse(read_file(tmp.path() / "run" / "config.json"));
+  EXPECT_EQ(config["epochs"], 2);
+  EXPECT_EQ(config["model"], "cnn-small");
+
+  std::istringstream lines(read_file(tmp.path() / "run" / "metrics.jsonl"));
+  std::string line;
+  int steps = 0, epochs = 0;
+  double last_acc = -1;
+  while (std::getline(lines, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);  // every line is valid JSON
+    if (j["kind"] == "step") {
+      ++steps;
+      EXPECT_TRUE(j.contains("loss") && j.contains("lr") && j.contains("images_per_s"));
+    } else if (j["kind"] == "epoch") {
+      ++epochs;
+      last_acc = j["test_acc"];
+    } else {
+      EXPECT_EQ(j["kind"], "summary");
+      EXPECT_DOUBLE_EQ(j["last_test_acc"].get<double>(), last_acc);
+    }
+  }
+  EXPECT_EQ(epochs, 2);
+  EXPECT_EQ(steps, 2 * 16 / 4);
+  EXPECT_GT(last_acc, 0.5) << "the fake classes are easy; the run should learn them";
+
+  const Result e = run_s2h("eval --checkpoint run/model.safetensors --data-root data --json", tmp.path());
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const nlohmann::json ev = nlohmann::json::parse(e.out);
+  EXPECT_NEAR(ev["accuracy"].get<double>(), last_acc, 1e-9) << "eval must reproduce the run's final test accuracy";
+  EXPECT_EQ(ev["total"], 128);
+}
+
+TEST(Cli, ExistingRunIsNotOverwritten) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 64, 32);
+  ASSERT_EQ(run_s2h("train --data-root data --epochs 1 --batch-size 32 --out run", tmp.path()).rc, 0);
+  const std::string before = read_file(tmp.path() / "run" / "model.safetensors");
+  const std::string metrics = read_file(tmp.path() / "run" / "metrics.jsonl");
+  expect_one_line_error(run_s2h("train --data-root data --epochs 1 --out run", tmp.path()), "already holds a run");
+  EXPECT_EQ(read_file(tmp.path() / "run" / "model.safetensors"), before);
+  EXPECT_EQ(read_file(tmp.path() / "run" / "metrics.jsonl"), metrics);
+}
+
+TEST(Cli, EvalOfABadCheckpoint) {
+  TempDir tmp;
+  std::ofstream(tmp.path() / "bad.safetensors") << "not a checkpoint at all";
+  expect_one_line_error(run_s2h("eval --checkpoint bad.safetensors", tmp.path()), "bad.safetensors");
+  expect_one_line_error(run_s2h("eval --checkpoint missing.safetensors", tmp.path()), "missing.safetensors");
+}
+
+}  // namespace
+}  // namespace s2h::test
