@@ -23,6 +23,25 @@ void accumulate(Tensor& slot, const Tensor& g) {
 }
 }  // namespace
 
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> dying;
+  auto harvest = [&dying](std::vector<std::shared_ptr<AutogradMeta>>& inputs) {
+    for (auto& meta : inputs) {
+      // Sole owner of the metadata and of its node: take the node out so that
+      // it is destroyed here, in the loop, instead of inside this destructor.
+      if (meta && meta.use_count() == 1 && meta->grad_fn && meta->grad_fn.use_count() == 1)
+        dying.push_back(std::move(meta->grad_fn));
+    }
+    inputs.clear();
+  };
+  harvest(inputs);
+  while (!dying.empty()) {
+    std::shared_ptr<Node> node = std::move(dying.back());
+    dying.pop_back();
+    harvest(node->inputs);
+  }  // `node` (now without inputs) is destroyed at the end of each iteration
+}
+
 bool grad_enabled() { return g_grad_enabled; }
 void set_grad_enabled(bool on) { g_grad_enabled = on; }
 

@@ -32,6 +32,12 @@ struct AutogradMeta {
 using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
 
 struct Node {
+  Node() = default;
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+  // Frees the chain of nodes that dies with this one iteratively: a deep
+  // graph released recursively would overflow the stack.
+  ~Node();
   std::string name;
   // One slot per op input: the input's autograd metadata, or null when that
   // input does not require grad.

@@ -107,6 +107,7 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt) : Optimizer(std::
   S2H_CHECK(opt.beta1 >= 0 && opt.beta1 < 1 && opt.beta2 >= 0 && opt.beta2 < 1, "AdamW: betas must be in [0, 1)");
   S2H_CHECK(opt.eps > 0 && opt.weight_decay >= 0 && opt.lr >= 0, "AdamW: eps must be > 0, lr and weight decay >= 0");
   for (const ParamGroup& g : groups_) {
+    steps_.emplace_back(g.params.size(), 0);
     m_.emplace_back(g.params.size());
     v_.emplace_back(g.params.size());
   }
@@ -114,9 +115,6 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt) : Optimizer(std::
 
 void AdamW::step() {
   NoGradGuard guard;
-  ++step_;
-  const double bc1 = 1 - std::pow(opt_.beta1, static_cast<double>(step_));
-  const double bc2 = 1 - std::pow(opt_.beta2, static_cast<double>(step_));
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& group = groups_[gi];
     const double lr = lr_ * group.lr_scale, wd = group.weight_decay.value_or(opt_.weight_decay);
@@ -131,6 +129,8 @@ void AdamW::step() {
         m = Tensor::zeros(p.shape(), p.dtype());
         v = Tensor::zeros(p.shape(), p.dtype());
       }
+      const double t = static_cast<double>(++steps_[gi][pi]);
+      const double bc1 = 1 - std::pow(opt_.beta1, t), bc2 = 1 - std::pow(opt_.beta2, t);
       dispatch_float(p.dtype(), "AdamW", [&]<typename T>() {
         T* w = p.data<T>();
         const T* gp = g.data<T>();
@@ -151,10 +151,11 @@ void AdamW::step() {
 }
 
 NamedTensors AdamW::state_dict() const {
-  NamedTensors out{{"step", Tensor::scalar(static_cast<double>(step_), DType::I64)}};
+  NamedTensors out;
   for (size_t g = 0; g < m_.size(); ++g)
     for (size_t i = 0; i < m_[g].size(); ++i)
       if (m_[g][i].defined()) {
+        out.emplace_back(state_name("step", g, i), Tensor::scalar(static_cast<double>(steps_[g][i]), DType::I64));
         out.emplace_back(state_name("exp_avg", g, i), m_[g][i]);
         out.emplace_back(state_name("exp_avg_sq", g, i), v_[g][i]);
       }
@@ -162,11 +163,12 @@ NamedTensors AdamW::state_dict() const {
 }
 
 void AdamW::load_state_dict(const NamedTensors& state) {
-  step_ = 0;
-  for (const auto& [n, t] : state)
-    if (n == "step") step_ = static_cast<int64_t>(t.item());
   for (size_t g = 0; g < groups_.size(); ++g)
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+      steps_[g][i] = 0;
+      const std::string name = state_name("step", g, i);
+      for (const auto& [n, t] : state)
+        if (n == name) steps_[g][i] = static_cast<int64_t>(t.item());
       load_slot(state, state_name("exp_avg", g, i), groups_[g].params[i], m_[g][i]);
       load_slot(state, state_name("exp_avg_sq", g, i), groups_[g].params[i], v_[g][i]);
     }

@@ -77,7 +77,9 @@ class AdamW : public Optimizer {
 
  private:
   AdamWOptions opt_;
-  int64_t step_ = 0;
+  // Per parameter, as PyTorch: a parameter's bias correction counts the steps
+  // in which it had a gradient.
+  std::vector<std::vector<int64_t>> steps_;
   std::vector<std::vector<Tensor>> m_, v_;
 };
 

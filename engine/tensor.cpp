@@ -234,8 +234,11 @@ Tensor& Tensor::copy_(const Tensor& src) {
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace("add_");
   S2H_CHECK(other.shape() == shape() && other.dtype() == dtype(), "add_: {} into {}", other.str(), str());
-  S2H_CHECK(is_contiguous(), "add_: destination must be contiguous");
   Tensor o = other.detach().contiguous();
+  if (!is_contiguous()) {  // strided destination: compute contiguously, then scatter back
+    NoGradGuard guard;
+    return copy_(add(detach().contiguous(), mul_scalar(o, alpha)));
+  }
   dispatch_float(dtype(), "add_", [&]<typename T>() {
     T* p = data<T>();
     const T* q = o.data<T>();
@@ -249,7 +252,10 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
 
 Tensor& Tensor::mul_(double value) {
   check_inplace("mul_");
-  S2H_CHECK(is_contiguous(), "mul_: tensor must be contiguous");
+  if (!is_contiguous()) {
+    NoGradGuard guard;
+    return copy_(mul_scalar(detach().contiguous(), value));
+  }
   dispatch_float(dtype(), "mul_", [&]<typename T>() {
     T* p = data<T>();
     const T v = static_cast<T>(value);

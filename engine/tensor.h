@@ -106,7 +106,7 @@ class Tensor {
   // take part in autograd while grad mode is on.
   Tensor& fill_(double value);
   Tensor& copy_(const Tensor& src);        // same shape; converts dtype
-  Tensor& add_(const Tensor& other, double alpha = 1.0);  // this += alpha * other
+  Tensor& add_(const Tensor& other, double alpha = 1.0);  // this += alpha * other (any strides)
   Tensor& mul_(double value);
   Tensor& zero_() { return fill_(0.0); }
 
