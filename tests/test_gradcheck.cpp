@@ -103,6 +103,7 @@ TEST(Gradcheck, ShapeOps) {
   gradcheck("contiguous", [](const Inputs& v) { return contiguous(transpose(v[0], 0, 1)); }, {leaf({3, 4})});
   gradcheck("expand", [](const Inputs& v) { return expand(v[0], {2, 3, 4}); }, {leaf({3, 1})});
   gradcheck("flatten", [](const Inputs& v) { return v[0].flatten(1); }, {leaf({2, 3, 4})});
+  gradcheck("clone of a strided view", [](const Inputs& v) { return v[0].transpose(0, 1).clone(); }, {leaf({3, 4})});
 }
 
 // ------------------------------------------------------------------ linear algebra
