@@ -13,35 +13,6 @@ namespace s2h::test {
 namespace {
 
 // ------------------------------------------------------------------ helpers
-void expect_words(const std::string& msg, const std::string& words, const char* stmt) {
-  size_t start = 0;
-  while (start <= words.size()) {
-    const size_t end = std::min(words.find('|', start), words.size());
-    const std::string w = words.substr(start, end - start);
-    EXPECT_NE(msg.find(w), std::string::npos) << stmt << ": message \"" << msg << "\" does not contain \"" << w << "\"";
-    start = end + 1;
-  }
-}
-
-template <class F>
-void capture_error(F& f, std::string& msg) {
-  try {
-    f();
-  } catch (const ::s2h::Error& e) {
-    msg = e.what();
-    throw;
-  }
-}
-
-// EXPECT_ERROR("word1|word2", statement): the statement throws s2h::Error and
-// its message contains every word.
-#define EXPECT_ERROR(words, ...)                                          \
-  do {                                                                    \
-    std::string msg_;                                                     \
-    auto fn_ = [&]() { __VA_ARGS__; };                                    \
-    EXPECT_THROW(capture_error(fn_, msg_), ::s2h::Error) << #__VA_ARGS__; \
-    if (!msg_.empty()) expect_words(msg_, words, #__VA_ARGS__);           \
-  } while (0)
 
 // A fresh leaf holding the same values as t.
 Tensor twin(const Tensor& t) {

@@ -22,28 +22,6 @@ struct Result {
   int err_lines() const { return static_cast<int>(std::count(err.begin(), err.end(), '\n')); }
 };
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-class TempDir {
- public:
-  TempDir() {
-    path_ = fs::temp_directory_path() / fmt::format("s2h-cli-{}-{}", ::getpid(), counter_++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-  static inline int counter_ = 0;
-};
-
 Result run_s2h(const std::string& args, const fs::path& workdir) {
   const fs::path out = workdir / "stdout.txt", err = workdir / "stderr.txt";
   const std::string cmd = fmt::format("cd '{}' && '{}' {} > '{}' 2> '{}'", workdir.string(), S2H_BINARY, args,
@@ -51,8 +29,8 @@ Result run_s2h(const std::string& args, const fs::path& workdir) {
   const int status = std::system(cmd.c_str());
   Result r;
   r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(out);
-  r.err = read_file(err);
+  r.out = read_bytes(out.string());
+  r.err = read_bytes(err.string());
   return r;
 }
 
@@ -130,7 +108,7 @@ TEST(Cli, TruncatedGzipFile) {
   TempDir tmp;
   write_fake_fashion_mnist(tmp.path() / "data", 200, 10);
   const fs::path f = tmp.path() / "data" / "train-images-idx3-ubyte.gz";
-  const std::string bytes = read_file(f);
+  const std::string bytes = read_bytes(f);
   std::ofstream(f, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   const Result r = run_s2h("train --data-root data", tmp.path());
   expect_one_line_error(r, "train-images-idx3-ubyte.gz");
@@ -156,11 +134,11 @@ TEST(Cli, TrainEvalRoundTrip) {
     EXPECT_TRUE(fs::exists(tmp.path() / "run" / f)) << f;
   EXPECT_FALSE(fs::exists(tmp.path() / "run" / "model.safetensors.tmp")) << "temporary checkpoint left behind";
 
-  const nlohmann::json config = nlohmann::json::parse(read_file(tmp.path() / "run" / "config.json"));
+  const nlohmann::json config = nlohmann::json::parse(read_bytes(tmp.path() / "run" / "config.json"));
   EXPECT_EQ(config["epochs"], 2);
   EXPECT_EQ(config["model"], "cnn-small");
 
-  std::istringstream lines(read_file(tmp.path() / "run" / "metrics.jsonl"));
+  std::istringstream lines(read_bytes(tmp.path() / "run" / "metrics.jsonl"));
   std::string line;
   int steps = 0, epochs = 0;
   double last_acc = -1;
@@ -192,11 +170,11 @@ TEST(Cli, ExistingRunIsNotOverwritten) {
   TempDir tmp;
   write_fake_fashion_mnist(tmp.path() / "data", 64, 32);
   ASSERT_EQ(run_s2h("train --data-root data --epochs 1 --batch-size 32 --out run", tmp.path()).rc, 0);
-  const std::string before = read_file(tmp.path() / "run" / "model.safetensors");
-  const std::string metrics = read_file(tmp.path() / "run" / "metrics.jsonl");
+  const std::string before = read_bytes(tmp.path() / "run" / "model.safetensors");
+  const std::string metrics = read_bytes(tmp.path() / "run" / "metrics.jsonl");
   expect_one_line_error(run_s2h("train --data-root data --epochs 1 --out run", tmp.path()), "already holds a run");
-  EXPECT_EQ(read_file(tmp.path() / "run" / "model.safetensors"), before);
-  EXPECT_EQ(read_file(tmp.path() / "run" / "metrics.jsonl"), metrics);
+  EXPECT_EQ(read_bytes(tmp.path() / "run" / "model.safetensors"), before);
+  EXPECT_EQ(read_bytes(tmp.path() / "run" / "metrics.jsonl"), metrics);
 }
 
 TEST(Cli, EvalOfABadCheckpoint) {

@@ -27,44 +27,6 @@ using data::load_fashion_mnist;
 using data::read_idx;
 using data::write_idx;
 
-// A fresh folder under the system temporary directory, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    const std::string test = info ? std::string(info->test_suite_name()) + "_" + info->name() : "none";
-    std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            fmt::format("s2h_{}_{}_{}_{:08x}", test, ::getpid(), counter++, static_cast<unsigned>(rd()));
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(out.good()) << "could not write " << path;
-}
-
 // `bytes` gzipped into `path` by zlib, whatever they contain.
 void write_gzip(const std::string& path, const std::string& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");
@@ -90,23 +52,6 @@ std::string pattern(size_t n, unsigned mul = 7) {
 }
 
 std::vector<uint8_t> as_vector(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
-
-// Runs fn and expects an s2h::Error whose message contains every needle.
-template <class Fn>
-void expect_error(Fn&& fn, const std::vector<std::string>& needles, const std::string& what) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& n : needles)
-      EXPECT_NE(msg.find(n), std::string::npos) << what << ": the message \"" << msg << "\" lacks \"" << n << "\"";
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << what << ": threw something other than s2h::Error: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << what << ": did not throw";
-}
 
 // ================================================================== idx files
 

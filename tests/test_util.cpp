@@ -1,9 +1,15 @@
 #include "tests/test_util.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <random>
+#include <sstream>
 
 namespace s2h::test {
 
@@ -159,5 +165,50 @@ void gradcheck(const std::string& name, const std::function<Tensor(const std::ve
 }
 
 std::string source_dir() { return S2H_TEST_SOURCE_DIR; }
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string test = info ? std::string(info->test_suite_name()) + "_" + info->name() : "none";
+  std::random_device rd;
+  path_ = std::filesystem::temp_directory_path() /
+          fmt::format("s2h_{}_{}_{}_{:08x}", test, ::getpid(), counter++, static_cast<unsigned>(rd()));
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::vector<std::string> TempDir::entries() const {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << "could not write " << path;
+}
+
+void expect_words(const std::string& msg, const std::string& words, const char* stmt) {
+  size_t start = 0;
+  while (start <= words.size()) {
+    const size_t end = std::min(words.find('|', start), words.size());
+    const std::string w = words.substr(start, end - start);
+    EXPECT_NE(msg.find(w), std::string::npos) << stmt << ": message \"" << msg << "\" does not contain \"" << w << "\"";
+    start = end + 1;
+  }
+}
 
 }  // namespace s2h::test

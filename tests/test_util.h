@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -48,5 +49,66 @@ void gradcheck(const std::string& name, const std::function<Tensor(const std::ve
 
 // Folder of the source tree's test data (tests/), set by CMake.
 std::string source_dir();
+
+// ------------------------------------------------------------------ files
+// A fresh folder under the system temporary directory, removed with everything in it.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  std::vector<std::string> entries() const;  // names of the entries, sorted
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::string read_bytes(const std::string& path);
+void write_bytes(const std::string& path, const std::string& bytes);
+
+// ------------------------------------------------------------------ errors
+// Runs fn and expects an s2h::Error whose message contains every needle.
+template <class Fn>
+void expect_error(Fn&& fn, const std::vector<std::string>& needles, const std::string& what) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << what << ": the message \"" << msg << "\" lacks \"" << n << "\"";
+    return;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << what << ": threw something other than s2h::Error: " << e.what();
+    return;
+  }
+  ADD_FAILURE() << what << ": did not throw";
+}
+
+// Splits "w1|w2" and expects each word in msg.
+void expect_words(const std::string& msg, const std::string& words, const char* stmt);
+
+}  // namespace s2h::test
+
+// EXPECT_ERROR("word1|word2", statement): the statement throws s2h::Error and
+// its message contains every word.
+#define EXPECT_ERROR(words, ...)                                                                       \
+  do {                                                                                                 \
+    std::string msg_;                                                                                  \
+    bool threw_ = false;                                                                               \
+    try {                                                                                              \
+      __VA_ARGS__;                                                                                     \
+    } catch (const ::s2h::Error& e_) {                                                                 \
+      threw_ = true;                                                                                   \
+      msg_ = e_.what();                                                                                \
+    }                                                                                                  \
+    EXPECT_TRUE(threw_) << #__VA_ARGS__ << ": did not throw s2h::Error";                               \
+    if (threw_) ::s2h::test::expect_words(msg_, words, #__VA_ARGS__);                                  \
+  } while (0)
+
+namespace s2h::test {
 
 }  // namespace s2h::test
