@@ -508,6 +508,23 @@ TEST(AdamWTest, BiasCorrectionCountsEachParametersOwnSteps) {
 }
 
 // ================================================================== optimiser state round trip
+// Feeds two optimisers the same three gradients (for a [3,4] weight and a [4]
+// bias each); their parameters must stay identical.
+void expect_same_continuation(Optimizer& opt, const Tensor& w, const Tensor& b, Optimizer& opt2, const Tensor& w2,
+                              const Tensor& b2) {
+  for (int i = 0; i < 3; ++i) {
+    const Tensor gw = randn({3, 4}), gb = randn({4});
+    w.set_grad(gw);
+    b.set_grad(gb);
+    w2.set_grad(gw.clone());
+    b2.set_grad(gb.clone());
+    opt.step();
+    opt2.step();
+    EXPECT_EQ(values(w2), values(w)) << "step " << i;
+    EXPECT_EQ(values(b2), values(b)) << "step " << i;
+  }
+}
+
 TEST(OptimizerState, SGDStateDictRoundTripContinuesIdentically) {
   const SGDOptions o{.lr = 0.1, .momentum = 0.9, .dampening = 0.1, .weight_decay = 1e-3};
   Tensor w = leaf({3, 4}), b = leaf({4});
@@ -524,17 +541,7 @@ TEST(OptimizerState, SGDStateDictRoundTripContinuesIdentically) {
   b2.set_requires_grad(true);
   SGD opt2({w2, b2}, o);
   opt2.load_state_dict(saved);
-  for (int i = 0; i < 3; ++i) {
-    const Tensor gw = randn({3, 4}), gb = randn({4});
-    w.set_grad(gw);
-    b.set_grad(gb);
-    w2.set_grad(gw.clone());
-    b2.set_grad(gb.clone());
-    opt.step();
-    opt2.step();
-    EXPECT_EQ(values(w2), values(w)) << "step " << i;
-    EXPECT_EQ(values(b2), values(b)) << "step " << i;
-  }
+  expect_same_continuation(opt, w, b, opt2, w2, b2);
   // Without the state, the continuation differs (the momentum matters).
   Tensor w3 = w.detach().clone();
   w3.set_requires_grad(true);
@@ -573,17 +580,7 @@ TEST(OptimizerState, AdamWStateDictRoundTripContinuesIdentically) {
   AdamW opt2({w2, b2}, o);
   opt2.load_state_dict(saved);
   EXPECT_EQ(find(opt2.state_dict(), "step.0.1").item(), 3.0);
-  for (int i = 0; i < 3; ++i) {
-    const Tensor gw = randn({3, 4}), gb = randn({4});
-    w.set_grad(gw);
-    b.set_grad(gb);
-    w2.set_grad(gw.clone());
-    b2.set_grad(gb.clone());
-    opt.step();
-    opt2.step();
-    EXPECT_EQ(values(w2), values(w)) << "step " << i;
-    EXPECT_EQ(values(b2), values(b)) << "step " << i;
-  }
+  expect_same_continuation(opt, w, b, opt2, w2, b2);
   // The state of an optimiser over f32 parameters loads into f32 slots.
   Tensor f = leaf({4}, DType::F32);
   AdamW opt3({f}, o);
