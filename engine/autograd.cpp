@@ -84,8 +84,8 @@ void Tensor::backward(const Tensor& gradient, const std::vector<Tensor>& inputs)
               shape_str(shape()));
     seed = Tensor::ones(shape(), dtype());
   }
-  S2H_CHECK(seed.shape() == shape(), "backward: gradient of shape {} for a tensor of shape {}",
-            shape_str(seed.shape()), shape_str(shape()));
+  S2H_CHECK(seed.shape() == shape() && seed.dtype() == dtype(),
+            "backward: gradient {} for a tensor {} (shape and dtype must match)", seed.str(), str());
   seed = seed.detach().contiguous();
 
   // Restriction to chosen leaves.
