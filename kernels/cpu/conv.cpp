@@ -1,7 +1,6 @@
 #include "kernels/cpu/conv.h"
 
 #include <algorithm>
-#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -39,11 +38,7 @@ void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t c0, T
               for (int64_t c = 0; c < cg; ++c) d[c] = T(0);
             } else {
               const T* src = xn + (hi * g.w + ow * g.sw + off) * g.c;
-              if (cg == 1) {
-                d[0] = src[0];
-              } else {
-                for (int64_t c = 0; c < cg; ++c) d[c] = src[c];
-              }
+              for (int64_t c = 0; c < cg; ++c) d[c] = src[c];
             }
           }
         }
