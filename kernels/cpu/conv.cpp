@@ -109,11 +109,18 @@ int64_t task_images(const ConvGeom& g) {
   return nb;
 }
 
-// Runs body(thread_index, n0, nb) over the tasks, statically split among threads.
+// Runs body(thread_index, n0, nb) over the tasks, statically split among
+// threads. With fewer tasks than threads (a batch of one image, say) the tasks
+// run one after the other on the calling thread, outside any parallel region,
+// so that BLAS spreads each GEMM over all threads instead.
 template <class Body>
 void for_each_task(const ConvGeom& g, int64_t nb, Body body) {
   const int64_t tasks = (g.n + nb - 1) / nb;
-  const int threads = static_cast<int>(std::min<int64_t>(num_threads(), tasks));
+  if (tasks < num_threads()) {
+    for (int64_t k = 0; k < tasks; ++k) body(0, k * nb, std::min(nb, g.n - k * nb));
+    return;
+  }
+  const int threads = num_threads();
 #pragma omp parallel num_threads(threads)
   {
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
