@@ -53,6 +53,11 @@ Tensor Conv2d::forward(const Tensor& x) {
   return conv2d(x, weight, bias, o);
 }
 
+int64_t Conv2d::flops(const Tensor& in, const Tensor& out) const {
+  (void)in;
+  return 2 * (in_channels / options.groups) * kernel_size * kernel_size * out.numel();
+}
+
 std::string Conv2d::describe() const {
   return fmt::format("Conv2d({}, {}, k={}, s={}, p={}{}{}{})", in_channels, out_channels, kernel_size,
                      options.stride, options.padding, options.dilation > 1 ? fmt::format(", d={}", options.dilation) : "",
@@ -75,6 +80,27 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias) : in_features(in), out_fe
 }
 
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+int64_t Linear::flops(const Tensor& in, const Tensor& out) const {
+  (void)in;
+  return 2 * in_features * out.numel();
+}
+
+Embedding::Embedding(int64_t num, int64_t d) : num_embeddings(num), dim(d) {
+  S2H_CHECK(num > 0 && d > 0, "Embedding: sizes must be positive ({}, {})", num, d);
+  weight = Tensor::empty({num, d});
+  init_normal(weight, 0.0, 1.0);
+  register_parameter("weight", weight);
+}
+
+Tensor Embedding::forward(const Tensor& ids) {
+  S2H_CHECK(ids.dtype() == DType::I64, "Embedding: ids must be i64, got {}", ids.str());
+  Shape out_shape = ids.shape();
+  out_shape.push_back(dim);
+  return reshape(index_select(weight, 0, ids.contiguous().reshape({ids.numel()})), out_shape);
+}
+
+std::string Embedding::describe() const { return fmt::format("Embedding({}, {})", num_embeddings, dim); }
 
 std::string Linear::describe() const {
   return fmt::format("Linear({}, {}{})", in_features, out_features, bias.defined() ? "" : ", no bias");
@@ -175,7 +201,7 @@ void Sequential::add(ModulePtr m) { register_module(std::to_string(children().si
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (const auto& [name, child] : children()) h = child->forward(h);
+  for (const auto& [name, child] : children()) h = (*child)(h);
   return h;
 }
 

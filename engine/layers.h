@@ -28,6 +28,7 @@ class Conv2d : public Module {
   Conv2d(int64_t in, int64_t out, int64_t kernel) : Conv2d(in, out, kernel, Options{}) {}
   Tensor forward(const Tensor& x) override;
   std::string describe() const override;
+  int64_t flops(const Tensor& in, const Tensor& out) const override;
   int64_t in_channels, out_channels, kernel_size;
   Options options;
   Tensor weight, bias;
@@ -36,10 +37,22 @@ class Conv2d : public Module {
 class Linear : public Module {
  public:
   Linear(int64_t in, int64_t out, bool bias = true);
-  Tensor forward(const Tensor& x) override;
+  Tensor forward(const Tensor& x) override;  // x [..., in] -> [..., out]
   std::string describe() const override;
+  int64_t flops(const Tensor& in, const Tensor& out) const override;
   int64_t in_features, out_features;
   Tensor weight, bias;
+};
+
+// Token embedding: i64 ids [...] -> f32 [..., dim]; weight [num, dim] ~ N(0, 1)
+// (PyTorch's nn.Embedding default).
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num, int64_t dim);
+  Tensor forward(const Tensor& ids) override;
+  std::string describe() const override;
+  int64_t num_embeddings, dim;
+  Tensor weight;
 };
 
 // Batch norm over the last (channel) axis; buffers running_mean, running_var, num_batches_tracked.

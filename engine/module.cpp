@@ -1,11 +1,54 @@
 #include "engine/module.h"
 
+#include <algorithm>
 #include <map>
 #include <set>
 
 #include "engine/autograd.h"
 
 namespace s2h {
+
+namespace {
+thread_local ModuleTracer* active_tracer = nullptr;
+}  // namespace
+
+Tensor Module::operator()(const Tensor& x) {
+  if (active_tracer == nullptr) return forward(x);
+  Tensor out = forward(x);
+  active_tracer->add(*this, x, out);
+  return out;
+}
+
+ModuleTracer::ModuleTracer(const Module& root) : previous_(active_tracer) {
+  std::vector<std::pair<std::string, Module*>> mods = root.named_modules();
+  for (auto& [name, m] : mods) {
+    const int depth = name.empty() ? 0 : 1 + static_cast<int>(std::count(name.begin(), name.end(), '.'));
+    names_.push_back({m, {name, depth}});
+  }
+  active_tracer = this;
+}
+
+ModuleTracer::~ModuleTracer() { active_tracer = previous_; }
+
+void ModuleTracer::add(const Module& m, const Tensor& in, const Tensor& out) {
+  auto it = std::find_if(names_.begin(), names_.end(), [&](const auto& e) { return e.first == &m; });
+  if (it == names_.end()) return;  // not part of the traced tree
+  TraceRecord r;
+  r.name = it->second.first;
+  r.depth = it->second.second;
+  r.describe = m.describe();
+  r.leaf = m.children().empty();
+  r.out_shape = out.shape();
+  for (const auto& [n, t] : m.own_parameters()) r.params += t.numel();
+  r.flops = m.flops(in, out);
+  records_.push_back(std::move(r));
+}
+
+int64_t ModuleTracer::total_flops() const {
+  int64_t f = 0;
+  for (const auto& r : records_) f += r.flops;
+  return f;
+}
 
 Tensor Module::register_parameter(std::string name, Tensor t) {
   t.set_requires_grad(true);

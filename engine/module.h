@@ -16,7 +16,16 @@ class Module {
  public:
   virtual ~Module() = default;
   virtual Tensor forward(const Tensor& x) = 0;
-  Tensor operator()(const Tensor& x) { return forward(x); }
+  // Runs forward; models call children through this so a ModuleTracer sees every module.
+  Tensor operator()(const Tensor& x);
+  // FLOPs (2 x multiply-accumulates) of this module's own computation, children excluded,
+  // for the given input and output. Only convolutions, linear layers and attention
+  // products count; norms, activations, pooling and additions are 0.
+  virtual int64_t flops(const Tensor& in, const Tensor& out) const {
+    (void)in;
+    (void)out;
+    return 0;
+  }
   // A short description of the module ("Conv2d(3, 16, k=3x3, s=1, p=1)").
   virtual std::string describe() const = 0;
 
@@ -38,6 +47,8 @@ class Module {
   // missing and unexpected names are errors; the message lists them.
   void load_state_dict(const NamedTensors& state, bool strict = true);
   int64_t num_parameters() const;
+  // Parameters registered on this module itself (children excluded).
+  const NamedTensors& own_parameters() const { return params_; }
   // A tree printout with one module per line.
   std::string summary() const;
 
@@ -59,5 +70,35 @@ class Module {
 };
 
 using ModulePtr = std::shared_ptr<Module>;
+
+// One module call seen by a ModuleTracer.
+struct TraceRecord {
+  std::string name;      // dotted path from the traced root ("" for the root)
+  std::string describe;  // Module::describe()
+  int depth = 0;         // nesting depth (root 0)
+  bool leaf = false;     // no children
+  Shape out_shape;
+  int64_t params = 0;  // own parameters (elements)
+  int64_t flops = 0;   // own FLOPs for this call
+};
+
+// While alive, records every Module::operator() call under `root` on this
+// thread, in call order (children before their parent's record is finished:
+// a record is appended when the module's forward returns).
+class ModuleTracer {
+ public:
+  explicit ModuleTracer(const Module& root);
+  ~ModuleTracer();
+  ModuleTracer(const ModuleTracer&) = delete;
+  ModuleTracer& operator=(const ModuleTracer&) = delete;
+  const std::vector<TraceRecord>& records() const { return records_; }
+  int64_t total_flops() const;
+  void add(const Module& m, const Tensor& in, const Tensor& out);
+
+ private:
+  std::vector<std::pair<const Module*, std::pair<std::string, int>>> names_;
+  std::vector<TraceRecord> records_;
+  ModuleTracer* previous_;
+};
 
 }  // namespace s2h

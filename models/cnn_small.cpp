@@ -22,16 +22,36 @@ CnnSmall::CnnSmall(const ModelConfig& cfg) {
   add(conv3x3(cfg.in_channels, 32));
   add(std::make_shared<BatchNorm>(32));
   add(std::make_shared<Activation>(ActKind::ReLU));
+  add(std::make_shared<ChannelMask>(32));
   add(std::make_shared<MaxPool2d>(2));
   add(conv3x3(32, 64));
   add(std::make_shared<BatchNorm>(64));
   add(std::make_shared<Activation>(ActKind::ReLU));
+  add(std::make_shared<ChannelMask>(64));
   add(std::make_shared<MaxPool2d>(2));
   add(conv3x3(64, 64));
   add(std::make_shared<BatchNorm>(64));
   add(std::make_shared<Activation>(ActKind::ReLU));
+  add(std::make_shared<ChannelMask>(64));
   add(std::make_shared<Flatten>(1));
   add(std::make_shared<Linear>(64 * s * s, cfg.num_classes));
+}
+
+std::vector<ChannelGroup> CnnSmall::channel_groups() const {
+  auto group = [](const std::string& conv, int64_t c, const std::string& next) {
+    const int i = std::stoi(conv);
+    ChannelGroup g;
+    g.name = conv;
+    g.channels = c;
+    g.producers = {conv};
+    g.followers = {std::to_string(i + 1)};
+    g.masks = {std::to_string(i + 3)};
+    g.consumers = {next};
+    return g;
+  };
+  std::vector<ChannelGroup> gs{group("0", 32, "5"), group("5", 64, "10"), group("10", 64, "15")};
+  gs.back().note = "the classifier reads these channels through an NHWC flatten (H*W features per channel)";
+  return gs;
 }
 
 }  // namespace s2h::models

@@ -410,11 +410,11 @@ std::vector<int64_t> epoch_rows(const Loader& loader, const Dataset& ds) {
   std::vector<int64_t> rows;
   for (int64_t b = 0; b < loader.num_batches(); ++b) {
     const data::Batch batch = loader.batch(b);
-    const int64_t m = batch.images.size(0);
-    EXPECT_EQ(batch.images.shape(), (Shape{m, 2, 2, 1}));
+    const int64_t m = batch.inputs.size(0);
+    EXPECT_EQ(batch.inputs.shape(), (Shape{m, 2, 2, 1}));
     EXPECT_EQ(batch.labels.shape(), (Shape{m}));
     EXPECT_EQ(batch.labels.dtype(), DType::I64);
-    const std::vector<float> px = batch.images.to_vector<float>();
+    const std::vector<float> px = batch.inputs.to_vector<float>();
     const std::vector<int64_t> lb = batch.labels.to_vector<int64_t>();
     for (int64_t j = 0; j < m; ++j) {
       const int64_t row = static_cast<int64_t>(px[static_cast<size_t>(j * 4)]);
@@ -432,12 +432,12 @@ TEST(Loader, BatchCountsAndLastBatch) {
   const Dataset ds = numbered_dataset(23);
   const Loader keep(ds, 5, true, 1);
   EXPECT_EQ(keep.num_batches(), 5);
-  EXPECT_EQ(keep.batch(0).images.size(0), 5);
-  EXPECT_EQ(keep.batch(4).images.size(0), 3);
+  EXPECT_EQ(keep.batch(0).inputs.size(0), 5);
+  EXPECT_EQ(keep.batch(4).inputs.size(0), 3);
   EXPECT_EQ(keep.batch(4).labels.size(0), 3);
   const Loader drop(ds, 5, true, 1, /*drop_last=*/true);
   EXPECT_EQ(drop.num_batches(), 4);
-  EXPECT_EQ(drop.batch(3).images.size(0), 5);
+  EXPECT_EQ(drop.batch(3).inputs.size(0), 5);
   EXPECT_THROW((void)drop.batch(4), Error);
   EXPECT_THROW((void)keep.batch(5), Error);
   EXPECT_THROW((void)keep.batch(-1), Error);
@@ -445,7 +445,7 @@ TEST(Loader, BatchCountsAndLastBatch) {
   EXPECT_EQ(Loader(ds, 23, true, 1).num_batches(), 1);
   EXPECT_EQ(Loader(ds, 23, true, 1, true).num_batches(), 1);
   EXPECT_EQ(Loader(ds, 100, false, 1).num_batches(), 1);
-  EXPECT_EQ(Loader(ds, 100, false, 1).batch(0).images.size(0), 23);
+  EXPECT_EQ(Loader(ds, 100, false, 1).batch(0).inputs.size(0), 23);
   EXPECT_EQ(Loader(ds, 1, true, 1).num_batches(), 23);
   const Dataset even = numbered_dataset(20);
   EXPECT_EQ(Loader(even, 5, true, 1).num_batches(), 4);
@@ -524,10 +524,10 @@ TEST(Loader, OverTheFakeFashionMnist) {
   std::set<int64_t> seen;
   for (int64_t b = 0; b < loader.num_batches(); ++b) {
     const data::Batch batch = loader.batch(b);
-    const int64_t m = batch.images.size(0);
+    const int64_t m = batch.inputs.size(0);
     EXPECT_EQ(m, b < 3 ? 16 : 2);
-    EXPECT_EQ(batch.images.shape(), (Shape{m, 28, 28, 1}));
-    const std::vector<float> got = batch.images.to_vector<float>();
+    EXPECT_EQ(batch.inputs.shape(), (Shape{m, 28, 28, 1}));
+    const std::vector<float> got = batch.inputs.to_vector<float>();
     const std::vector<int64_t> lb = batch.labels.to_vector<int64_t>();
     for (int64_t j = 0; j < m; ++j) {
       const int64_t row = loader.order()[static_cast<size_t>(b * 16 + j)];

@@ -33,7 +33,7 @@ EvalResult evaluate(Module& model, const data::Dataset& ds, int64_t batch_size) 
   double loss_sum = 0;
   for (int64_t b = 0; b < loader.num_batches(); ++b) {
     data::Batch batch = loader.batch(b);
-    Tensor logits = model(batch.images);
+    Tensor logits = model(batch.inputs);
     const int64_t n = batch.labels.numel();
     loss_sum += cross_entropy(logits, batch.labels).item() * static_cast<double>(n);
     Tensor pred = argmax(logits, 1);

@@ -211,7 +211,7 @@ int run_train(const TrainOptions& opt) {
       const double lr = sched.at(step);
       optim->set_lr(lr);
       const data::Batch batch = loader.batch(b);
-      const Tensor logits = (*model)(batch.images);
+      const Tensor logits = (*model)(batch.inputs);
       const Tensor loss = cross_entropy(logits, batch.labels, o.label_smoothing);
       optim->zero_grad();
       loss.backward();

@@ -252,8 +252,9 @@ class CnnSmall(nn.Module):
 
 
 # s2h parameter names of cnn-small (a Sequential) and the matching PyTorch module
-CNN_SMALL_NAMES = {"0": "features.0", "1": "features.1", "4": "features.4", "5": "features.5", "8": "features.8",
-                   "9": "features.9", "12": "fc"}
+# (s2h places an identity ChannelMask after each ReLU, which shifts the indices).
+CNN_SMALL_NAMES = {"0": "features.0", "1": "features.1", "5": "features.4", "6": "features.5", "10": "features.8",
+                   "11": "features.9", "15": "fc"}
 
 
 def s2h_state(model):
