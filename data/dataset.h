@@ -41,6 +41,10 @@ class TensorSource : public Source {
   int64_t row_bytes_ = 0;
 };
 
+// An evenly spaced subset of n samples of `source` (sample j is source sample
+// floor(j * size / n)), or `source` itself when n is 0 or not smaller.
+SourcePtr subset(SourcePtr source, int64_t n);
+
 struct Batch {
   Tensor inputs;  // [B, ...sample shape]
   Tensor labels;  // i64 [B]

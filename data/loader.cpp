@@ -30,6 +30,32 @@ void TensorSource::read(int64_t i, void* out, Generator& rng) const {
   std::memcpy(out, static_cast<const char*>(ds_.images.raw_data()) + i * row_bytes_, static_cast<size_t>(row_bytes_));
 }
 
+// ------------------------------------------------------------------ subset
+namespace {
+class SubsetSource : public Source {
+ public:
+  SubsetSource(SourcePtr base, int64_t n) : base_(std::move(base)), n_(n) {}
+  std::string name() const override { return fmt::format("{} (subset of {})", base_->name(), n_); }
+  int64_t size() const override { return n_; }
+  int64_t num_classes() const override { return base_->num_classes(); }
+  int64_t label(int64_t i) const override { return base_->label(map(i)); }
+  SampleSpec sample_spec() const override { return base_->sample_spec(); }
+  void read(int64_t i, void* out, Generator& rng) const override { base_->read(map(i), out, rng); }
+  int64_t vocab_size() const override { return base_->vocab_size(); }
+
+ private:
+  int64_t map(int64_t i) const { return i * base_->size() / n_; }
+  SourcePtr base_;
+  int64_t n_;
+};
+}  // namespace
+
+SourcePtr subset(SourcePtr source, int64_t n) {
+  S2H_CHECK(n >= 0, "subset: size must be >= 0, got {}", n);
+  if (n == 0 || n >= source->size()) return source;
+  return std::make_shared<SubsetSource>(std::move(source), n);
+}
+
 // ------------------------------------------------------------------ Loader
 namespace {
 uint64_t mix(uint64_t x) {  // splitmix64 finaliser

@@ -1,7 +1,9 @@
 // The s2h binary end to end: bad input gives one clear line on stderr and a
 // non-zero exit; a tiny training run on a fake Fashion-MNIST folder writes its
 // config, metrics, checkpoint, and `s2h eval` reads the checkpoint back.
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -90,7 +92,7 @@ TEST(Cli, MissingIdxFile) {
 
 TEST(Cli, MissingDataRoot) {
   TempDir tmp;
-  expect_one_line_error(run_s2h("train --data-root nowhere", tmp.path()), "data root nowhere is not a directory");
+  expect_one_line_error(run_s2h("train --data-root nowhere", tmp.path()), "--data-root nowhere: no such folder");
 }
 
 TEST(Cli, TruncatedIdxFile) {
@@ -135,8 +137,9 @@ TEST(Cli, TrainEvalRoundTrip) {
   EXPECT_FALSE(fs::exists(tmp.path() / "run" / "model.safetensors.tmp")) << "temporary checkpoint left behind";
 
   const nlohmann::json config = nlohmann::json::parse(read_bytes(tmp.path() / "run" / "config.json"));
-  EXPECT_EQ(config["epochs"], 2);
-  EXPECT_EQ(config["model"], "cnn-small");
+  EXPECT_EQ(config["options"]["epochs"], 2);
+  EXPECT_EQ(config["options"]["model"], "cnn-small");
+  EXPECT_EQ(config["resolved"]["train_samples"], 512);
 
   std::istringstream lines(read_bytes(tmp.path() / "run" / "metrics.jsonl"));
   std::string line;
@@ -182,6 +185,121 @@ TEST(Cli, EvalOfABadCheckpoint) {
   std::ofstream(tmp.path() / "bad.safetensors") << "not a checkpoint at all";
   expect_one_line_error(run_s2h("eval --checkpoint bad.safetensors", tmp.path()), "bad.safetensors");
   expect_one_line_error(run_s2h("eval --checkpoint missing.safetensors", tmp.path()), "missing.safetensors");
+}
+
+TEST(Cli, ConfigFileWithCommandLineOverride) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 64, 32);
+  std::ofstream(tmp.path() / "run.toml") << "# a run\nepochs = 1\nbatch-size = 16\nlr = 0.02\nlabel-smoothing = 0.1\n";
+  const Result r = run_s2h("train --config run.toml --data-root data --lr 0.03 --out run --quiet", tmp.path());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const nlohmann::json config = nlohmann::json::parse(read_bytes(tmp.path() / "run" / "config.json"));
+  EXPECT_EQ(config["options"]["epochs"], 1) << "from the file";
+  EXPECT_EQ(config["options"]["batch_size"], 16) << "from the file";
+  EXPECT_DOUBLE_EQ(config["options"]["label_smoothing"].get<double>(), 0.1) << "from the file";
+  EXPECT_DOUBLE_EQ(config["options"]["lr"].get<double>(), 0.03) << "the flag overrides the file";
+  EXPECT_EQ(config["options"]["momentum"], 0.9) << "untouched default";
+
+  std::ofstream(tmp.path() / "bad.toml") << "epochs = 1\nlearning-rate = 0.1\n";
+  expect_one_line_error(run_s2h("train --config bad.toml --data-root data --out run2", tmp.path()), "learning");
+  expect_one_line_error(run_s2h("train --config nowhere.toml --data-root data --out run3", tmp.path()), "nowhere.toml");
+}
+
+TEST(Cli, InfoTableAndGroups) {
+  TempDir tmp;
+  const Result r = run_s2h("info --model cnn-small --input 1x28x28", tmp.path());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("87,274"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Conv2d(1, 32"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("channel groups (3)"), std::string::npos) << r.out;
+  const Result j = run_s2h("info --model cnn-small --json", tmp.path());
+  ASSERT_EQ(j.rc, 0) << j.err;
+  const nlohmann::json info = nlohmann::json::parse(j.out);
+  EXPECT_EQ(info["params"], 87274);
+  // 2*MACs: conv1 1*9*32*784, conv2 32*9*64*196, conv3 64*9*64*49, fc 3136*10.
+  EXPECT_EQ(info["flops"], 2 * (9 * 32 * 784 + 32 * 9 * 64 * 196 + 64 * 9 * 64 * 49 + 3136 * 10));
+  EXPECT_EQ(info["groups"].size(), 3u);
+  expect_one_line_error(run_s2h("info --model cnn-small --input 3x32", tmp.path()), "--input 3x32");
+  expect_one_line_error(run_s2h("info --model cnn-small --input 1x28x27", tmp.path()), "square");
+  expect_one_line_error(run_s2h("info --model nope", tmp.path()), "unknown model 'nope'");
+}
+
+// ------------------------------------------------------------------ resume
+
+// The step and epoch records of a metrics log, without wall-clock fields.
+std::vector<nlohmann::json> numeric_records(const std::string& log) {
+  std::vector<nlohmann::json> out;
+  std::istringstream lines(log);
+  std::string line;
+  while (std::getline(lines, line)) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j["kind"] == "summary") continue;
+    for (const char* k : {"images_per_s", "train_seconds", "eval_seconds"}) j.erase(k);
+    out.push_back(j);
+  }
+  return out;
+}
+
+// Starts s2h in `workdir` without waiting; stdout/stderr go to files there.
+pid_t spawn_s2h(const std::string& args, const fs::path& workdir) {
+  const std::string cmd = fmt::format("cd '{}' && exec '{}' {} > spawn.out 2> spawn.err", workdir.string(), S2H_BINARY,
+                                      args);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+TEST(Cli, ResumeAfterKillMatchesUninterruptedRun) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 1536, 256);
+  const std::string args = "train --data-root data --epochs 3 --batch-size 32 --lr 0.05 --log-every 5 --threads 1 "
+                           "--workers 1 --quiet --checkpoint-every 1";
+  const Result full = run_s2h(args + " --out full", tmp.path());
+  ASSERT_EQ(full.rc, 0) << full.err;
+
+  // Kill the second run (SIGKILL: no chance to clean up) as soon as its first checkpoint appears.
+  const pid_t pid = spawn_s2h(args + " --out killed", tmp.path());
+  ASSERT_GT(pid, 0);
+  const fs::path state = tmp.path() / "killed" / "checkpoint.safetensors";
+  bool exited = false;
+  for (int i = 0; i < 60000 && !fs::exists(state); ++i) {
+    int status = 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    usleep(1000);
+  }
+  ASSERT_FALSE(exited) << "the run ended before writing a checkpoint: " << read_bytes(tmp.path() / "spawn.err");
+  ASSERT_TRUE(fs::exists(state)) << "no checkpoint within 60 s";
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the run finished before it was killed; make it longer";
+  EXPECT_FALSE(fs::exists(tmp.path() / "killed" / "model.safetensors")) << "killed before the end";
+
+  // A changed setting is refused, and nothing is touched.
+  const std::string log_before = read_bytes(tmp.path() / "killed" / "metrics.jsonl");
+  expect_one_line_error(run_s2h("train --out killed --resume --lr 0.1", tmp.path()), "--lr");
+  EXPECT_EQ(read_bytes(tmp.path() / "killed" / "metrics.jsonl"), log_before);
+
+  const Result resumed = run_s2h("train --out killed --resume --threads 1 --quiet", tmp.path());
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("(resumed)"), std::string::npos) << resumed.out;
+  const auto a = numeric_records(read_bytes(tmp.path() / "full" / "metrics.jsonl"));
+  const auto b = numeric_records(read_bytes(tmp.path() / "killed" / "metrics.jsonl"));
+  ASSERT_EQ(a.size(), b.size()) << "the resumed log must have the uninterrupted run's records, once each";
+  ASSERT_EQ(a.size(), 3u * 48 / 5 + 3);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "record " << i;
+  EXPECT_TRUE(read_bytes(tmp.path() / "full" / "model.safetensors") ==
+              read_bytes(tmp.path() / "killed" / "model.safetensors"))
+      << "the final weights must be identical";
+
+  expect_one_line_error(run_s2h("train --out killed --resume", tmp.path()), "already finished");
+  expect_one_line_error(run_s2h("train --out nowhere --resume", tmp.path()), "config.json is missing");
 }
 
 }  // namespace

@@ -3,42 +3,196 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 
+#include "data/cifar.h"
 #include "data/idx.h"
+#include "data/image_folder.h"
+#include "data/text.h"
+#include "data/transforms.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
 
 namespace s2h::app {
 
-data::Dataset load_dataset(const std::string& name, const std::string& root, const std::string& split) {
-  if (name == "fashion-mnist") return data::load_fashion_mnist(root, split);
-  S2H_FAIL("unknown dataset '{}' (available: fashion-mnist)", name);
+namespace fs = std::filesystem;
+
+const std::vector<DatasetInfo>& dataset_infos() {
+  static const std::vector<DatasetInfo> infos = {
+      {"fashion-mnist", "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz", kDefaultFashionMnistRoot, false},
+      {"cifar10", "the official binary release: data_batch_1.bin .. data_batch_5.bin, test_batch.bin",
+       "$cifar-10-batches-bin", false},
+      {"cifar100", "the official binary release: train.bin, test.bin (fine labels)", "$cifar-100-binary", false},
+      {"cifar10-jpeg", "train/<class>/*.jpg and test/<class>/*.jpg", "$cifar-10-jpeg", false},
+      {"image-folder", "train/<class>/*.{jpg,png} and val/<class>/... (or test/<class>/...)", "", false},
+      {"tiny-imagenet", "the original layout: wnids.txt, train/<wnid>/images/, val/images/, val/val_annotations.txt",
+       "$tiny-imagenet-200", false},
+      {"sst2", "GLUE SST-2: train.tsv, dev.tsv", "$glue/SST-2", true},
+      {"rte", "GLUE RTE: train.tsv, dev.tsv", "$glue/RTE", true},
+      {"cola", "GLUE CoLA: train.tsv, dev.tsv", "$glue/CoLA", true},
+  };
+  return infos;
 }
 
-models::ModelConfig model_config_for(const data::Dataset& ds) {
-  models::ModelConfig cfg;
-  cfg.num_classes = ds.num_classes;
-  cfg.image_size = ds.images.size(1);
-  cfg.in_channels = ds.images.size(3);
-  return cfg;
+std::string dataset_names() {
+  std::string s;
+  for (const auto& d : dataset_infos()) s += (s.empty() ? "" : ", ") + std::string(d.name);
+  return s;
 }
 
-EvalResult evaluate(Module& model, const data::Dataset& ds, int64_t batch_size) {
+namespace {
+
+const DatasetInfo& dataset_info(const std::string& name) {
+  for (const auto& d : dataset_infos())
+    if (name == d.name) return d;
+  S2H_FAIL("--data: unknown dataset '{}' (available: {})", name, dataset_names());
+}
+
+std::string resolve_root(const DataOptions& opt, const DatasetInfo& info) {
+  std::string root = opt.root;
+  if (root.empty()) {
+    const std::string def = info.default_root;
+    if (def.empty())
+      S2H_FAIL("--data {} needs --data-root (a folder holding {})", opt.name, info.root_layout);
+    if (def[0] != '$') {
+      root = def;
+    } else {
+      const char* base = std::getenv("S2H_DATA_DIR");
+      S2H_CHECK(base != nullptr && *base != '\0',
+                "--data {} needs --data-root, or S2H_DATA_DIR set to a folder holding {} (a folder with {})", opt.name,
+                def.substr(1), info.root_layout);
+      root = (fs::path(base) / def.substr(1)).string();
+    }
+  }
+  S2H_CHECK(fs::is_directory(root), "--data-root {}: no such folder (--data {} reads {})", root, opt.name,
+            info.root_layout);
+  return root;
+}
+
+struct Norm {
+  std::vector<float> mean, std;
+};
+
+std::vector<std::string> sorted_subfolders(const fs::path& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.is_directory() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
+  S2H_CHECK(!ec, "{}: cannot list the folder: {}", dir.string(), ec.message());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+DataSplits load_data(const DataOptions& opt, bool with_train) {
+  const DatasetInfo& info = dataset_info(opt.name);
+  S2H_CHECK(opt.image_size >= 0, "--image-size must be >= 0, got {}", opt.image_size);
+  DataSplits out;
+  out.root = resolve_root(opt, info);
+  out.test_split = "test";
+  models::ModelConfig& geo = out.geometry;
+
+  if (info.text) {
+    data::TextOptions to;
+    to.max_len = opt.max_len;
+    to.vocab_size = opt.vocab_size;
+    to.cache_dir = opt.cache_dir;
+    const data::GlueData glue = data::load_glue(opt.name, out.root, to);
+    out.train = glue.train;
+    out.test = glue.dev;
+    out.test_split = "dev";
+    out.augment = "none";
+    geo.num_classes = glue.train->num_classes();
+    geo.vocab_size = glue.vocab_size;
+    geo.max_len = opt.max_len;
+    geo.in_channels = 0;
+    geo.image_size = 0;
+    out.note = fmt::format("tokenizer: {} ({} pieces, {})", glue.tokenizer_path, glue.vocab_size,
+                           glue.tokenizer_cached ? "from the cache" : "trained now");
+  } else if (opt.name == "fashion-mnist") {
+    S2H_CHECK(opt.augment == "auto" || opt.augment == "none",
+              "--augment {}: fashion-mnist is read into memory already normalised and takes no augmentation",
+              opt.augment);
+    S2H_CHECK(opt.image_size == 0 || opt.image_size == 28, "--image-size {}: fashion-mnist images are 28x28",
+              opt.image_size);
+    out.augment = "none";
+    if (with_train) out.train = std::make_shared<data::TensorSource>(data::load_fashion_mnist(out.root, "train"));
+    out.test = std::make_shared<data::TensorSource>(data::load_fashion_mnist(out.root, "test"));
+    geo.num_classes = 10;
+    geo.in_channels = 1;
+    geo.image_size = 28;
+  } else {
+    // Colour image datasets: native size and normalisation.
+    int64_t native = 32;
+    Norm norm{data::cifar10_mean(), data::cifar10_std()};
+    if (opt.name == "cifar100") norm = {data::cifar100_mean(), data::cifar100_std()};
+    if (opt.name == "tiny-imagenet") {
+      native = 64;
+      norm = {data::tiny_imagenet_mean(), data::tiny_imagenet_std()};
+    }
+    if (opt.name == "image-folder") {
+      native = 224;
+      norm = {{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};  // ImageNet statistics
+    }
+    const int64_t size = opt.image_size > 0 ? opt.image_size : native;
+    out.augment = opt.augment == "auto" ? "crop-flip" : opt.augment;
+    const data::ImageTransform train_tf = data::train_transform(out.augment, size, norm.mean, norm.std);
+    const data::ImageTransform test_tf = data::eval_transform(size, norm.mean, norm.std);
+    if (opt.name == "cifar10" || opt.name == "cifar100") {
+      const int variant = opt.name == "cifar10" ? 10 : 100;
+      if (with_train) out.train = data::load_cifar_binary(out.root, variant, "train", train_tf);
+      out.test = data::load_cifar_binary(out.root, variant, "test", test_tf);
+    } else if (opt.name == "tiny-imagenet") {
+      if (with_train) out.train = data::load_tiny_imagenet(out.root, "train", train_tf);
+      out.test = data::load_tiny_imagenet(out.root, "val", test_tf);
+      out.test_split = "val";
+    } else {
+      // cifar10-jpeg and image-folder: class folders; the test split uses the train split's classes.
+      const fs::path train_dir = fs::path(out.root) / "train";
+      S2H_CHECK(fs::is_directory(train_dir), "--data-root {}: no train/ folder (--data {} reads {})", out.root,
+                opt.name, info.root_layout);
+      fs::path test_dir = fs::path(out.root) / "test";
+      if (opt.name == "image-folder" && !fs::is_directory(test_dir)) {
+        test_dir = fs::path(out.root) / "val";
+        out.test_split = "val";
+      }
+      S2H_CHECK(fs::is_directory(test_dir), "--data-root {}: no {}/ folder (--data {} reads {})", out.root,
+                out.test_split, opt.name, info.root_layout);
+      const std::vector<std::string> classes = sorted_subfolders(train_dir);
+      if (with_train) out.train = data::load_image_folder(train_dir.string(), train_tf, opt.name + "/train", classes);
+      out.test = data::load_image_folder(test_dir.string(), test_tf, opt.name + "/" + out.test_split, classes);
+    }
+    geo.num_classes = out.test->num_classes();
+    geo.in_channels = 3;
+    geo.image_size = size;
+  }
+  if (with_train) out.train = data::subset(out.train, opt.limit_train);
+  out.test = data::subset(out.test, opt.limit_test);
+  return out;
+}
+
+EvalResult evaluate(Module& model, const data::SourcePtr& source, int64_t batch_size, int workers) {
   const auto t0 = std::chrono::steady_clock::now();
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard guard;
-  data::Loader loader(ds, batch_size, false, 0);
+  data::LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.shuffle = false;
+  lo.workers = workers;
+  data::Loader loader(source, lo);
+  loader.start();
   EvalResult r;
   double loss_sum = 0;
-  for (int64_t b = 0; b < loader.num_batches(); ++b) {
-    data::Batch batch = loader.batch(b);
-    Tensor logits = model(batch.inputs);
-    const int64_t n = batch.labels.numel();
-    loss_sum += cross_entropy(logits, batch.labels).item() * static_cast<double>(n);
+  while (std::optional<data::Batch> batch = loader.next()) {
+    Tensor logits = model(batch->inputs);
+    const int64_t n = batch->labels.numel();
+    loss_sum += cross_entropy(logits, batch->labels).item() * static_cast<double>(n);
     Tensor pred = argmax(logits, 1);
     const int64_t* p = pred.data<int64_t>();
-    const int64_t* y = batch.labels.data<int64_t>();
+    const int64_t* y = batch->labels.data<int64_t>();
     for (int64_t i = 0; i < n; ++i) r.correct += p[i] == y[i];
     r.total += n;
   }
@@ -50,20 +204,77 @@ EvalResult evaluate(Module& model, const data::Dataset& ds, int64_t batch_size) 
 }
 
 std::map<std::string, std::string> checkpoint_metadata(const std::string& model, const models::ModelConfig& cfg,
-                                                       const std::string& dataset) {
+                                                       const DataOptions& data) {
   return {{"format", "s2h-model-v1"},
           {"model", model},
           {"num_classes", std::to_string(cfg.num_classes)},
           {"in_channels", std::to_string(cfg.in_channels)},
           {"image_size", std::to_string(cfg.image_size)},
-          {"dataset", dataset},
+          {"vocab_size", std::to_string(cfg.vocab_size)},
+          {"max_len", std::to_string(cfg.max_len)},
+          {"imagenet_stem", cfg.imagenet_stem ? "1" : "0"},
+          {"patch_size", std::to_string(cfg.patch_size)},
+          {"dataset", data.name},
+          {"data_root", data.root},
+          {"tokenizer_vocab_size", std::to_string(data.vocab_size)},
           {"layout", "activations NHWC; conv weights [out][kh][kw][in]"}};
+}
+
+models::ModelConfig geometry_from_metadata(const std::map<std::string, std::string>& meta, const std::string& file) {
+  auto get = [&](const char* key, const char* fallback) -> std::string {
+    auto it = meta.find(key);
+    if (it != meta.end()) return it->second;
+    S2H_CHECK(fallback != nullptr, "{}: not an s2h model checkpoint (metadata '{}' is missing)", file, key);
+    return fallback;
+  };
+  models::ModelConfig cfg;
+  try {
+    cfg.num_classes = std::stoll(get("num_classes", nullptr));
+    cfg.in_channels = std::stoll(get("in_channels", nullptr));
+    cfg.image_size = std::stoll(get("image_size", nullptr));
+    // Checkpoints written before text models existed lack these.
+    cfg.vocab_size = std::stoll(get("vocab_size", "0"));
+    cfg.max_len = std::stoll(get("max_len", "0"));
+    cfg.imagenet_stem = get("imagenet_stem", "0") == "1";
+    cfg.patch_size = std::stoll(get("patch_size", "0"));
+  } catch (const std::logic_error&) {
+    S2H_FAIL("{}: malformed model geometry in the metadata", file);
+  }
+  return cfg;
 }
 
 int set_threads(int threads) {
   S2H_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);
   if (threads > 0) omp_set_num_threads(threads);
   return omp_get_max_threads();
+}
+
+void parse_input_spec(const std::string& spec, models::ModelConfig& cfg) {
+  auto number = [&](const std::string& s) {
+    S2H_CHECK(!s.empty() && s.size() < 7 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; }),
+              "--input {}: expected CxHxW (e.g. 3x32x32), HxW or tokensL (e.g. tokens64)", spec);
+    const int64_t v = std::stoll(s);
+    S2H_CHECK(v > 0, "--input {}: sizes must be positive", spec);
+    return v;
+  };
+  if (spec.rfind("tokens", 0) == 0) {
+    cfg.max_len = number(spec.substr(6));
+    cfg.in_channels = 0;
+    cfg.image_size = 0;
+    return;
+  }
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (size_t pos; (pos = spec.find('x', start)) != std::string::npos; start = pos + 1)
+    parts.push_back(spec.substr(start, pos - start));
+  parts.push_back(spec.substr(start));
+  S2H_CHECK(parts.size() == 2 || parts.size() == 3, "--input {}: expected CxHxW (e.g. 3x32x32), HxW or tokensL", spec);
+  const int64_t c = parts.size() == 3 ? number(parts[0]) : 3;
+  const int64_t h = number(parts[parts.size() - 2]), w = number(parts.back());
+  S2H_CHECK(h == w, "--input {}: models take square images (H == W)", spec);
+  cfg.in_channels = c;
+  cfg.image_size = h;
+  cfg.max_len = 0;
 }
 
 }  // namespace s2h::app

@@ -11,8 +11,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "s2h 0.1.0");
   s2h::app::TrainOptions train;
   s2h::app::EvalOptions eval;
+  s2h::app::InfoOptions info;
   CLI::App* train_cmd = s2h::app::add_train_command(app, train);
   CLI::App* eval_cmd = s2h::app::add_eval_command(app, eval);
+  CLI::App* info_cmd = s2h::app::add_info_command(app, info);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -27,8 +29,12 @@ int main(int argc, char** argv) {
     return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
   }
   try {
-    if (train_cmd->parsed()) return s2h::app::run_train(train);
+    if (train_cmd->parsed()) {
+      s2h::app::apply_config_file(*train_cmd);
+      return s2h::app::run_train(train, *train_cmd);
+    }
     if (eval_cmd->parsed()) return s2h::app::run_eval(eval);
+    if (info_cmd->parsed()) return s2h::app::run_info(info);
   } catch (const s2h::Error& e) {
     std::fprintf(stderr, "s2h: error: %s\n", e.what());
     return 1;
