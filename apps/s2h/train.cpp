@@ -276,22 +276,22 @@ TrainOptions resumed_options(const TrainOptions& given, const CLI::App& cmd) {
     S2H_FAIL("{}: the options do not match this s2h ({})", cfg_path.string(), e.what());
   }
   const nlohmann::json now = given;
+  nlohmann::json merged = o;  // the run's options, with the allowed changes given now
   for (const CLI::Option* opt : cmd.get_options()) {
     if (opt->count() == 0 || opt->get_lnames().empty()) continue;
     std::string key = opt->get_lnames().front();
     for (char& c : key)
       if (c == '-') c = '_';
-    if (kResumeMayChange.count(key) || !now.contains(key)) continue;
+    if (!now.contains(key)) continue;
+    if (kResumeMayChange.count(key)) {
+      merged[key] = now.at(key);
+      continue;
+    }
     S2H_CHECK(now.at(key) == saved.at("options").at(key),
               "--resume: --{} is {} here but {} in the run in {} (a resumed run keeps its configuration)",
               opt->get_lnames().front(), now.at(key).dump(), saved.at("options").at(key).dump(), given.out);
   }
-  o.threads = given.threads;
-  o.workers = given.workers;
-  o.quiet = given.quiet;
-  o.eval_batch_size = given.eval_batch_size;
-  if (!given.data_root.empty()) o.data_root = given.data_root;
-  if (!given.cache_dir.empty()) o.cache_dir = given.cache_dir;
+  o = merged.get<TrainOptions>();
   o.resume = true;
   o.overwrite = false;
   return o;
