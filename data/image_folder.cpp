@@ -163,8 +163,7 @@ SourcePtr load_image_files(const std::string& name, std::vector<std::string> pat
                                               std::move(names), tf);
 }
 
-SourcePtr load_image_folder(const std::string& dir, const ImageTransform& tf, const std::string& name,
-                            const std::vector<std::string>& classes) {
+std::vector<std::string> image_folder_classes(const std::string& dir) {
   std::error_code ec;
   S2H_CHECK(fs::is_directory(dir, ec), "{}: image folder not found", dir);
   std::vector<std::string> folders;
@@ -172,7 +171,12 @@ SourcePtr load_image_folder(const std::string& dir, const ImageTransform& tf, co
     if (!hidden(e.path()) && e.is_directory(ec)) folders.push_back(e.path().filename().string());
   S2H_CHECK(!folders.empty(), "{}: no class folders (expected {}/<class>/<image files>)", dir, dir);
   std::sort(folders.begin(), folders.end());
+  return folders;
+}
 
+SourcePtr load_image_folder(const std::string& dir, const ImageTransform& tf, const std::string& name,
+                            const std::vector<std::string>& classes) {
+  const std::vector<std::string> folders = image_folder_classes(dir);
   std::vector<std::string> names = classes.empty() ? folders : classes;
   std::unordered_map<std::string, int64_t> index;
   for (size_t k = 0; k < names.size(); ++k)

@@ -24,6 +24,11 @@ namespace s2h::data {
 SourcePtr load_image_folder(const std::string& dir, const ImageTransform& tf, const std::string& name,
                             const std::vector<std::string>& classes = {});
 
+// The class-folder names of dir, sorted (hidden entries ignored): the classes
+// load_image_folder gives a folder when none are passed. Throws naming dir when
+// it is missing or holds no class folder.
+std::vector<std::string> image_folder_classes(const std::string& dir);
+
 // Tiny ImageNet (http://cs231n.stanford.edu/tiny-imagenet-200.zip) as
 // extracted: root/wnids.txt lists the 200 classes (the class index is the line
 // order), root/train/<wnid>/images/*.JPEG, and root/val/val_annotations.txt

@@ -74,16 +74,6 @@ struct Norm {
   std::vector<float> mean, std;
 };
 
-std::vector<std::string> sorted_subfolders(const fs::path& dir) {
-  std::vector<std::string> names;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_directory() && e.path().filename().string()[0] != '.') names.push_back(e.path().filename().string());
-  S2H_CHECK(!ec, "{}: cannot list the folder: {}", dir.string(), ec.message());
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 }  // namespace
 
 DataSplits load_data(const DataOptions& opt, bool with_train) {
@@ -160,7 +150,7 @@ DataSplits load_data(const DataOptions& opt, bool with_train) {
       }
       S2H_CHECK(fs::is_directory(test_dir), "--data-root {}: no {}/ folder (--data {} reads {})", out.root,
                 out.test_split, opt.name, info.root_layout);
-      const std::vector<std::string> classes = sorted_subfolders(train_dir);
+      const std::vector<std::string> classes = data::image_folder_classes(train_dir.string());
       if (with_train) out.train = data::load_image_folder(train_dir.string(), train_tf, opt.name + "/train", classes);
       out.test = data::load_image_folder(test_dir.string(), test_tf, opt.name + "/" + out.test_split, classes);
     }
@@ -220,12 +210,17 @@ std::map<std::string, std::string> checkpoint_metadata(const std::string& model,
           {"layout", "activations NHWC; conv weights [out][kh][kw][in]"}};
 }
 
+std::string metadata_value(const std::map<std::string, std::string>& meta, const std::string& key,
+                           const std::string& file, const char* what, const char* fallback) {
+  auto it = meta.find(key);
+  if (it != meta.end()) return it->second;
+  S2H_CHECK(fallback != nullptr, "{}: not an s2h {} (metadata '{}' is missing)", file, what, key);
+  return fallback;
+}
+
 models::ModelConfig geometry_from_metadata(const std::map<std::string, std::string>& meta, const std::string& file) {
-  auto get = [&](const char* key, const char* fallback) -> std::string {
-    auto it = meta.find(key);
-    if (it != meta.end()) return it->second;
-    S2H_CHECK(fallback != nullptr, "{}: not an s2h model checkpoint (metadata '{}' is missing)", file, key);
-    return fallback;
+  auto get = [&](const char* key, const char* fallback) {
+    return metadata_value(meta, key, file, "model checkpoint", fallback);
   };
   models::ModelConfig cfg;
   try {

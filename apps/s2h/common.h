@@ -61,6 +61,11 @@ EvalResult evaluate(Module& model, const data::SourcePtr& source, int64_t batch_
 // Checkpoint metadata that lets `s2h eval` rebuild the model and its data.
 std::map<std::string, std::string> checkpoint_metadata(const std::string& model, const models::ModelConfig& cfg,
                                                        const DataOptions& data);
+// The value of `key` in a checkpoint's metadata, or `fallback` when the key is
+// missing; with no fallback a missing key throws "<file>: not an s2h <what>
+// (metadata '<key>' is missing)".
+std::string metadata_value(const std::map<std::string, std::string>& meta, const std::string& key,
+                           const std::string& file, const char* what, const char* fallback = nullptr);
 // Parses a model geometry back from such metadata (throws naming `file`).
 models::ModelConfig geometry_from_metadata(const std::map<std::string, std::string>& meta, const std::string& file);
 

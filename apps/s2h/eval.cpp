@@ -28,10 +28,7 @@ int run_eval(const EvalOptions& o) {
   set_threads(o.threads);
   const SafetensorsFile ckpt = load_safetensors(o.checkpoint);
   auto meta = [&](const char* key, const char* fallback = nullptr) {
-    auto it = ckpt.metadata.find(key);
-    if (it != ckpt.metadata.end()) return it->second;
-    S2H_CHECK(fallback != nullptr, "{}: not an s2h model checkpoint (metadata '{}' is missing)", o.checkpoint, key);
-    return std::string(fallback);
+    return metadata_value(ckpt.metadata, key, o.checkpoint, "model checkpoint", fallback);
   };
   S2H_CHECK(meta("format") == "s2h-model-v1", "{}: unknown checkpoint format '{}'", o.checkpoint, meta("format"));
   const std::string model_name = meta("model"), dataset = meta("dataset");
@@ -49,7 +46,6 @@ int run_eval(const EvalOptions& o) {
   dopt.max_len = cfg.max_len > 0 ? cfg.max_len : dopt.max_len;
   dopt.vocab_size = std::stoll(meta("tokenizer_vocab_size", "8000"));
   dopt.image_size = cfg.image_size;
-  if (dataset == "fashion-mnist") dopt.image_size = 0;
   const DataSplits data = load_data(dopt, o.split == "train");
   if (cfg.vocab_size > 0)
     S2H_CHECK(data.geometry.vocab_size == cfg.vocab_size,

@@ -340,11 +340,7 @@ void save_state(const std::string& path, const Module& model, const Optimizer& o
 
 TrainState load_state(const std::string& path, Module& model, Optimizer& optim) {
   const SafetensorsFile f = load_safetensors(path);
-  auto meta = [&](const char* key) {
-    auto it = f.metadata.find(key);
-    S2H_CHECK(it != f.metadata.end(), "{}: not an s2h training checkpoint (metadata '{}' is missing)", path, key);
-    return it->second;
-  };
+  auto meta = [&](const char* key) { return metadata_value(f.metadata, key, path, "training checkpoint"); };
   S2H_CHECK(meta("format") == kStateFormat, "{}: unknown checkpoint format '{}'", path, meta("format"));
   NamedTensors model_state, optim_state;
   for (const auto& [name, t] : f.tensors) {
