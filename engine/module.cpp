@@ -10,9 +10,11 @@ namespace s2h {
 
 namespace {
 thread_local ModuleTracer* active_tracer = nullptr;
+thread_local InputCapture* active_capture = nullptr;  // a list linked through InputCapture::previous_
 }  // namespace
 
 Tensor Module::operator()(const Tensor& x) {
+  for (InputCapture* c = active_capture; c != nullptr; c = c->previous_) c->offer(*this, x);
   if (active_tracer == nullptr) return forward(x);
   Tensor out = forward(x);
   active_tracer->add(*this, x, out);
@@ -42,6 +44,25 @@ void ModuleTracer::add(const Module& m, const Tensor& in, const Tensor& out) {
   for (const auto& [n, t] : m.own_parameters()) r.params += t.numel();
   r.flops = m.flops(in, out);
   records_.push_back(std::move(r));
+}
+
+InputCapture::InputCapture(const Module& target) : target_(&target), previous_(active_capture) {
+  active_capture = this;
+}
+
+InputCapture::~InputCapture() {
+  // Unlinks itself wherever it sits, so captures may end in any order.
+  for (InputCapture** p = &active_capture; *p != nullptr; p = &(*p)->previous_)
+    if (*p == this) {
+      *p = previous_;
+      break;
+    }
+}
+
+void InputCapture::offer(const Module& m, const Tensor& in) {
+  if (&m != target_) return;
+  input_ = in;
+  ++calls_;
 }
 
 int64_t ModuleTracer::total_flops() const {

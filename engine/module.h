@@ -101,4 +101,32 @@ class ModuleTracer {
   ModuleTracer* previous_;
 };
 
+// While alive, records (on this thread) the input of the last call of
+// `target` through Module::operator(), with its autograd history: e.g. the
+// feature a classifier reads. Works together with a ModuleTracer and with
+// other captures (on the same or other modules).
+class InputCapture {
+ public:
+  explicit InputCapture(const Module& target);
+  ~InputCapture();
+  InputCapture(const InputCapture&) = delete;
+  InputCapture& operator=(const InputCapture&) = delete;
+  // The input of the last call since construction (or reset); undefined if none.
+  Tensor input() const { return input_; }
+  int64_t calls() const { return calls_; }
+  void reset() {
+    input_ = Tensor();
+    calls_ = 0;
+  }
+  // Called by Module::operator() for every module call on this thread.
+  void offer(const Module& m, const Tensor& in);
+
+ private:
+  const Module* target_;
+  Tensor input_;
+  int64_t calls_ = 0;
+  InputCapture* previous_;
+  friend class Module;
+};
+
 }  // namespace s2h

@@ -90,14 +90,14 @@ Tensor MultiheadSelfAttention::forward(const Tensor& x) {
     logits = add(logits.reshape({B, H, L, L}), b).reshape({B * H, L, L});
   }
   Tensor out = bmm(softmax(logits, -1), vh);  // [B*H, L, D]
-  out = out.reshape({B, H, L, D}).permute({0, 2, 1, 3}).reshape({B, L, dim});
+  out = out.reshape({B, H, L, D}).permute({0, 2, 1, 3}).reshape({B, L, H * D});  // H*D < dim when heads are pruned
   return (*proj)((*head_mask)(out));
 }
 
 int64_t MultiheadSelfAttention::flops(const Tensor& in, const Tensor& out) const {
   (void)out;
   const int64_t B = in.size(0), L = in.size(1);
-  return 2 * 2 * B * L * L * dim;
+  return 2 * 2 * B * L * L * num_heads * head_dim;
 }
 
 std::string MultiheadSelfAttention::describe() const {

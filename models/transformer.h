@@ -56,7 +56,8 @@ class MultiheadSelfAttention : public Module {
  public:
   MultiheadSelfAttention(int64_t dim, int64_t num_heads);
   Tensor forward(const Tensor& x) override;
-  // The attention products only (q k^T and attention x v): 2 * 2 * B * L * L * dim.
+  // The attention products only (q k^T and attention x v): 2 * 2 * B * L * L * num_heads * head_dim
+  // (= dim unless heads were pruned).
   // The q, k, v and proj Linears count themselves.
   int64_t flops(const Tensor& in, const Tensor& out) const override;
   std::string describe() const override;

@@ -304,3 +304,107 @@ TEST(Cli, ResumeAfterKillMatchesUninterruptedRun) {
 
 }  // namespace
 }  // namespace s2h::test
+
+namespace s2h::test {
+namespace {
+
+// s2h prune end to end on a small fake dataset: every output, budget within
+// tolerance, and `s2h eval` of the extracted network reproduces hard_acc.
+TEST(CliPrune, S2hWritesTheExtractedNetworkTableAndPlots) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 512, 128);
+  const Result r = run_s2h(
+      "prune --data-root data --epochs 2 --dense-epochs 0.5 --batch-size 32 --bn-batches 4 --mask-lr 0.5 --out run "
+      "--log-every 4 --threads 2",
+      tmp.path());
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const fs::path run = tmp.path() / "run";
+  for (const char* f : {"config.json", "metrics.jsonl", "model.safetensors", "architecture.json", "layers.md",
+                        "widths.svg", "flops.svg", "gap.svg", "accuracy.svg", "summary.json"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  EXPECT_NE(r.out.find("network:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("plots:"), std::string::npos) << r.out;
+  const nlohmann::json s = nlohmann::json::parse(read_bytes(run / "summary.json"));
+  for (const char* k : {"method", "model", "dataset", "target_flops", "flops_full", "flops_hard", "flops_ratio",
+                        "params_full", "params_hard", "soft_acc", "hard_acc", "gap_kl", "epochs", "seed", "seconds"})
+    EXPECT_TRUE(s.contains(k)) << k;
+  EXPECT_EQ(s["method"], "s2h");
+  EXPECT_NEAR(s["flops_ratio"].get<double>(), 0.35, 0.35 * 0.02 + 1e-9);
+  EXPECT_LT(s["params_hard"].get<int64_t>(), s["params_full"].get<int64_t>());
+  EXPECT_GE(s["gap_kl"].get<double>(), 0.0);
+
+  int steps = 0, epochs = 0;
+  std::istringstream lines(read_bytes(run / "metrics.jsonl"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j["kind"] == "step" && j["phase"] == "masked") {
+      ++steps;
+      for (const char* k : {"soft_loss", "soft_acc", "hard_loss", "hard_acc", "kl", "js", "l2", "flops_expected",
+                            "flops_hard", "mask_entropy"})
+        EXPECT_TRUE(j.contains(k)) << k;
+    }
+    if (j["kind"] == "epoch") ++epochs;
+  }
+  EXPECT_GT(steps, 0);
+  EXPECT_EQ(epochs, 2);
+
+  const Result e = run_s2h("eval --checkpoint run/model.safetensors --data-root data --json", tmp.path());
+  ASSERT_EQ(e.rc, 0) << e.err;
+  const nlohmann::json ev = nlohmann::json::parse(e.out);
+  EXPECT_TRUE(ev["pruned"].get<bool>());
+  EXPECT_EQ(ev["parameters"], s["params_hard"]);
+  EXPECT_NEAR(ev["accuracy"].get<double>(), s["hard_acc"].get<double>(), 1e-9);
+}
+
+TEST(CliPrune, BaselinesAndSdpRun) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 256, 64);
+  for (const char* m : {"soft-only", "l1", "random"}) {
+    const Result r = run_s2h(fmt::format("prune --method {} --data-root data --epochs 2 --dense-epochs 1 "
+                                         "--batch-size 32 --bn-batches 2 --out {} --threads 2 --quiet",
+                                         m, m),
+                             tmp.path());
+    ASSERT_EQ(r.rc, 0) << m << ": " << r.err;
+    const nlohmann::json s = nlohmann::json::parse(read_bytes(tmp.path() / m / "summary.json"));
+    EXPECT_EQ(s["method"], m);
+    EXPECT_TRUE(s["budget_within_tolerance"].get<bool>()) << m;
+    const Result e = run_s2h(fmt::format("eval --checkpoint {}/model.safetensors --data-root data --json", m), tmp.path());
+    ASSERT_EQ(e.rc, 0) << e.err;
+    EXPECT_NEAR(nlohmann::json::parse(e.out)["accuracy"].get<double>(), s["hard_acc"].get<double>(), 1e-9) << m;
+  }
+  // l1 at the widths of another run.
+  const Result w = run_s2h("prune --method random --widths-from l1/architecture.json --data-root data --epochs 2 "
+                           "--batch-size 32 --out random2 --threads 2 --quiet",
+                           tmp.path());
+  ASSERT_EQ(w.rc, 0) << w.err;
+  EXPECT_EQ(nlohmann::json::parse(read_bytes(tmp.path() / "random2" / "summary.json"))["widths"],
+            nlohmann::json::parse(read_bytes(tmp.path() / "l1" / "summary.json"))["widths"]);
+
+  const Result sdp = run_s2h("prune --method sdp --sparsity 0.5 --data-root data --epochs 1 --batch-size 32 --out sdp "
+                             "--threads 2 --quiet",
+                             tmp.path());
+  ASSERT_EQ(sdp.rc, 0) << sdp.err;
+  const nlohmann::json s = nlohmann::json::parse(read_bytes(tmp.path() / "sdp" / "summary.json"));
+  EXPECT_NEAR(s["sparsity_achieved"].get<double>(), 0.5, 1e-3);
+}
+
+TEST(CliPrune, BadInputGivesOneLineErrors) {
+  TempDir tmp;
+  write_fake_fashion_mnist(tmp.path() / "data", 64, 16);
+  expect_one_line_error(run_s2h("prune --method prune-everything --data-root data", tmp.path()),
+                        "unknown method 'prune-everything'");
+  expect_one_line_error(run_s2h("prune --target-flops 1.5 --data-root data", tmp.path()), "--target-flops");
+  expect_one_line_error(run_s2h("prune --variant sideways --data-root data", tmp.path()), "unknown variant");
+  expect_one_line_error(run_s2h("prune --epochs 1 --dense-epochs 1 --data-root data", tmp.path()), "--dense-epochs");
+  expect_one_line_error(run_s2h("prune --target-flops 0.0001 --data-root data --epochs 2 --out x", tmp.path()),
+                        "cannot be reached");
+  expect_one_line_error(run_s2h("prune --method l1 --widths-from nowhere.json --data-root data --epochs 2 --out y",
+                                tmp.path()),
+                        "--widths-from nowhere.json");
+  expect_one_line_error(run_s2h("prune --init missing.safetensors --data-root data", tmp.path()),
+                        "--init missing.safetensors: no such file");
+}
+
+}  // namespace
+}  // namespace s2h::test

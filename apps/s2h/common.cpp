@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 
 #include "data/cifar.h"
@@ -13,6 +14,7 @@
 #include "data/transforms.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "models/narrow.h"
 
 namespace s2h::app {
 
@@ -193,6 +195,49 @@ EvalResult evaluate(Module& model, const data::SourcePtr& source, int64_t batch_
   return r;
 }
 
+ModulePtr model_from_checkpoint(const SafetensorsFile& file, const std::string& path) {
+  const std::string model_name = metadata_value(file.metadata, "model", path, "model checkpoint");
+  ModulePtr model;
+  if (auto it = file.metadata.find("architecture"); it != file.metadata.end()) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(it->second);
+    } catch (const nlohmann::json::exception& e) {
+      S2H_FAIL("{}: the architecture in the metadata is not valid JSON ({})", path, e.what());
+    }
+    model = models::build_narrow(models::Architecture::from_json(j, path));
+  } else {
+    model = models::make_model(model_name, geometry_from_metadata(file.metadata, path));
+  }
+  try {
+    model->load_state_dict(file.tensors);
+  } catch (const Error& e) {
+    S2H_FAIL("{}: {}", path, e.what());
+  }
+  return model;
+}
+
+Tensor predict_logits(Module& model, const data::SourcePtr& source, int64_t batch_size, int workers, Tensor* labels) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard guard;
+  data::LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.shuffle = false;
+  lo.workers = workers;
+  data::Loader loader(source, lo);
+  loader.start();
+  std::vector<Tensor> outs, labs;
+  while (std::optional<data::Batch> batch = loader.next()) {
+    outs.push_back(model(batch->inputs).contiguous());
+    labs.push_back(batch->labels);
+  }
+  model.train(was_training);
+  S2H_CHECK(!outs.empty(), "predict: the source {} is empty", source->name());
+  if (labels) *labels = concat(labs, 0);
+  return concat(outs, 0);
+}
+
 std::map<std::string, std::string> checkpoint_metadata(const std::string& model, const models::ModelConfig& cfg,
                                                        const DataOptions& data) {
   return {{"format", "s2h-model-v1"},
@@ -270,6 +315,91 @@ void parse_input_spec(const std::string& spec, models::ModelConfig& cfg) {
   cfg.in_channels = c;
   cfg.image_size = h;
   cfg.max_len = 0;
+}
+
+// ------------------------------------------------------------------ shared by train and prune
+std::string default_out(const TrainOptions& o) {
+  const std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+  return fmt::format("runs/{}-{}-{}", o.model, o.data, stamp);
+}
+
+DataOptions data_options(const TrainOptions& o) {
+  DataOptions d;
+  d.name = o.data;
+  d.root = o.data_root;
+  d.augment = o.augment;
+  d.image_size = o.image_size;
+  d.max_len = o.max_len;
+  d.vocab_size = o.vocab_size;
+  d.cache_dir = o.cache_dir;
+  d.limit_train = o.limit_train;
+  d.limit_test = o.limit_test;
+  return d;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainOptions& o, const std::vector<Tensor>& params) {
+  if (o.optimizer == "sgd") {
+    SGDOptions so;
+    so.lr = o.lr;
+    so.momentum = o.momentum;
+    so.nesterov = o.nesterov && o.momentum > 0;
+    so.weight_decay = o.weight_decay;
+    return std::make_unique<SGD>(params, so);
+  }
+  AdamWOptions ao;
+  ao.lr = o.lr;
+  ao.beta1 = o.momentum > 0 ? o.momentum : 0.9;
+  ao.weight_decay = o.weight_decay;
+  return std::make_unique<AdamW>(params, ao);
+}
+
+LrSchedule make_schedule(const TrainOptions& o, int64_t steps_per_epoch) {
+  LrSchedule sched;
+  sched.kind = LrSchedule::parse_kind(o.schedule);
+  sched.base_lr = o.lr;
+  sched.total_steps = steps_per_epoch * o.epochs;
+  sched.warmup_steps = static_cast<int64_t>(o.warmup_epochs * static_cast<double>(steps_per_epoch));
+  sched.min_lr = o.min_lr;
+  sched.step_size = std::max<int64_t>(1, static_cast<int64_t>(o.step_epochs * static_cast<double>(steps_per_epoch)));
+  sched.gamma = o.gamma;
+  return sched;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  const Tensor pred = argmax(logits.detach(), 1);
+  const Tensor lab = labels.contiguous();
+  const int64_t n = labels.numel();
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) c += pred.data<int64_t>()[i] == lab.data<int64_t>()[i];
+  return c;
+}
+
+MetricsLog::MetricsLog(const std::string& path, int64_t keep_bytes) : path_(path) {
+  if (keep_bytes >= 0) {
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    S2H_CHECK(!ec, "{}: cannot read the metrics log of the run to resume: {}", path, ec.message());
+    S2H_CHECK(static_cast<int64_t>(size) >= keep_bytes,
+              "{}: the log has {} bytes, fewer than the {} the checkpoint recorded", path, size, keep_bytes);
+    fs::resize_file(path, static_cast<uintmax_t>(keep_bytes), ec);
+    S2H_CHECK(!ec, "{}: cannot truncate to the checkpoint: {}", path, ec.message());
+    f_.open(path, std::ios::out | std::ios::app);
+  } else {
+    f_.open(path, std::ios::out | std::ios::trunc);
+  }
+  S2H_CHECK(f_.good(), "{}: cannot open the metrics log for writing", path);
+}
+
+void MetricsLog::write(const nlohmann::json& j) {
+  f_ << j.dump() << '\n';
+  f_.flush();
+  S2H_CHECK(f_.good(), "{}: write failed", path_);
 }
 
 }  // namespace s2h::app

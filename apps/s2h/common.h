@@ -1,12 +1,20 @@
 // Pieces shared by the s2h subcommands: datasets by name, evaluation, checkpoints.
 #pragma once
 
+#include <chrono>
+#include <fstream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "apps/s2h/commands.h"
 #include "data/dataset.h"
 #include "engine/module.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
 #include "models/registry.h"
 
 namespace s2h::app {
@@ -66,6 +74,12 @@ std::map<std::string, std::string> checkpoint_metadata(const std::string& model,
 // (metadata '<key>' is missing)".
 std::string metadata_value(const std::map<std::string, std::string>& meta, const std::string& key,
                            const std::string& file, const char* what, const char* fallback = nullptr);
+// The network of a model file written by `s2h train` (make_model) or `s2h
+// prune` (the narrow architecture in the metadata), with its weights loaded.
+ModulePtr model_from_checkpoint(const SafetensorsFile& file, const std::string& path);
+// Logits [N, classes] of a whole source in order (eval mode, no gradients); labels into *labels when given.
+Tensor predict_logits(Module& model, const data::SourcePtr& source, int64_t batch_size, int workers,
+                      Tensor* labels = nullptr);
 // Parses a model geometry back from such metadata (throws naming `file`).
 models::ModelConfig geometry_from_metadata(const std::map<std::string, std::string>& meta, const std::string& file);
 
@@ -75,5 +89,37 @@ int set_threads(int threads);
 // Parses an input spec ("3x32x32", "32x32" = 3 channels, "tokens64") into a
 // model geometry; throws naming the flag.
 void parse_input_spec(const std::string& spec, models::ModelConfig& cfg);
+
+// ------------------------------------------------------------------ shared by train and prune
+// TrainOptions <-> JSON (config.json; member names = flag names with '_').
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TrainOptions, model, classes, imagenet_stem, patch_size, data, data_root, augment,
+                                   image_size, max_len, vocab_size, cache_dir, limit_train, limit_test, workers, epochs,
+                                   batch_size, eval_batch_size, optimizer, lr, momentum, nesterov, weight_decay,
+                                   schedule, warmup_epochs, min_lr, step_epochs, gamma, label_smoothing, seed, threads,
+                                   device, out, overwrite, resume, checkpoint_every, log_every, quiet)
+
+// runs/<model>-<data>-<date-time>
+std::string default_out(const TrainOptions& o);
+DataOptions data_options(const TrainOptions& o);
+// SGD (momentum, Nesterov, L2) or AdamW over `params`, as --optimizer says.
+std::unique_ptr<Optimizer> make_optimizer(const TrainOptions& o, const std::vector<Tensor>& params);
+// The --schedule / --warmup-epochs / --min-lr / --step-epochs / --gamma schedule over --epochs.
+LrSchedule make_schedule(const TrainOptions& o, int64_t steps_per_epoch);
+double seconds_since(std::chrono::steady_clock::time_point t0);
+// Correct predictions (argmax of logits [N, C]) against labels [N].
+int64_t count_correct(const Tensor& logits, const Tensor& labels);
+
+// Appends JSON lines, flushed one by one so that a crash loses at most the line being written.
+class MetricsLog {
+ public:
+  // Starts a new log, or (resume) keeps the first `keep_bytes` bytes of an existing one.
+  MetricsLog(const std::string& path, int64_t keep_bytes);
+  void write(const nlohmann::json& j);
+  int64_t bytes() { return static_cast<int64_t>(f_.tellp()); }
+
+ private:
+  std::string path_;
+  std::ofstream f_;
+};
 
 }  // namespace s2h::app

@@ -8,7 +8,7 @@
 namespace s2h::app {
 
 CLI::App* add_eval_command(CLI::App& app, EvalOptions& o) {
-  CLI::App* cmd = app.add_subcommand("eval", "Evaluate a checkpoint written by `s2h train` on a dataset split");
+  CLI::App* cmd = app.add_subcommand("eval", "Evaluate a model written by `s2h train` or `s2h prune` on a dataset split");
   cmd->add_option("--checkpoint", o.checkpoint, "Checkpoint file (model.safetensors of a run)")->required();
   cmd->add_option("--data-root", o.data_root, "Dataset folder (default: the one recorded in the checkpoint)");
   cmd->add_option("--cache-dir", o.cache_dir, "Text: tokenizer cache (default $S2H_CACHE_DIR or ~/.cache/s2h)");
@@ -32,13 +32,9 @@ int run_eval(const EvalOptions& o) {
   };
   S2H_CHECK(meta("format") == "s2h-model-v1", "{}: unknown checkpoint format '{}'", o.checkpoint, meta("format"));
   const std::string model_name = meta("model"), dataset = meta("dataset");
+  const bool pruned = ckpt.metadata.count("architecture") > 0;
   const models::ModelConfig cfg = geometry_from_metadata(ckpt.metadata, o.checkpoint);
-  ModulePtr model = models::make_model(model_name, cfg);
-  try {
-    model->load_state_dict(ckpt.tensors);
-  } catch (const Error& e) {
-    S2H_FAIL("{}: {}", o.checkpoint, e.what());
-  }
+  ModulePtr model = model_from_checkpoint(ckpt, o.checkpoint);
   DataOptions dopt;
   dopt.name = dataset;
   dopt.root = o.data_root.empty() ? meta("data_root", "") : o.data_root;
@@ -54,13 +50,14 @@ int run_eval(const EvalOptions& o) {
   const std::string split = o.split == "train" ? "train" : data.test_split;
   const EvalResult r = evaluate(*model, o.split == "train" ? data.train : data.test, o.batch_size, o.workers);
   if (o.json) {
-    const nlohmann::json j = {{"checkpoint", o.checkpoint}, {"model", model_name}, {"dataset", dataset},
+    const nlohmann::json j = {{"checkpoint", o.checkpoint}, {"model", model_name}, {"pruned", pruned},
+                              {"parameters", model->num_parameters()}, {"dataset", dataset},
                               {"split", split},             {"accuracy", r.accuracy}, {"loss", r.loss},
                               {"correct", r.correct},       {"total", r.total},      {"seconds", r.seconds}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s on %s/%s: accuracy %.2f%% (%lld/%lld), loss %.4f, %.1fs\n", model_name.c_str(), dataset.c_str(),
-                split.c_str(), 100.0 * r.accuracy, static_cast<long long>(r.correct),
+    std::printf("%s%s (%lld parameters) on %s/%s: accuracy %.2f%% (%lld/%lld), loss %.4f, %.1fs\n", model_name.c_str(), pruned ? " (pruned)" : "",
+                static_cast<long long>(model->num_parameters()), dataset.c_str(), split.c_str(), 100.0 * r.accuracy, static_cast<long long>(r.correct),
                 static_cast<long long>(r.total), r.loss, r.seconds);
   }
   return 0;

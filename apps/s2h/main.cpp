@@ -12,7 +12,9 @@ int main(int argc, char** argv) {
   s2h::app::TrainOptions train;
   s2h::app::EvalOptions eval;
   s2h::app::InfoOptions info;
+  s2h::app::PruneOptions prune;
   CLI::App* train_cmd = s2h::app::add_train_command(app, train);
+  CLI::App* prune_cmd = s2h::app::add_prune_command(app, prune);
   CLI::App* eval_cmd = s2h::app::add_eval_command(app, eval);
   CLI::App* info_cmd = s2h::app::add_info_command(app, info);
   try {
@@ -32,6 +34,10 @@ int main(int argc, char** argv) {
     if (train_cmd->parsed()) {
       s2h::app::apply_config_file(*train_cmd);
       return s2h::app::run_train(train, *train_cmd);
+    }
+    if (prune_cmd->parsed()) {
+      s2h::app::apply_config_file(*prune_cmd);
+      return s2h::app::run_prune(prune, *prune_cmd);
     }
     if (eval_cmd->parsed()) return s2h::app::run_eval(eval);
     if (info_cmd->parsed()) return s2h::app::run_info(info);

@@ -24,11 +24,6 @@ namespace s2h::app {
 
 namespace fs = std::filesystem;
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TrainOptions, model, classes, imagenet_stem, patch_size, data, data_root, augment,
-                                   image_size, max_len, vocab_size, cache_dir, limit_train, limit_test, workers, epochs,
-                                   batch_size, eval_batch_size, optimizer, lr, momentum, nesterov, weight_decay,
-                                   schedule, warmup_epochs, min_lr, step_epochs, gamma, label_smoothing, seed, threads,
-                                   device, out, overwrite, resume, checkpoint_every, log_every, quiet)
 
 namespace {
 constexpr const char* kStateFile = "checkpoint.safetensors";  // the resumable training state
@@ -41,10 +36,16 @@ const std::set<std::string> kResumeMayChange = {"help", "threads", "workers", "q
 
 CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   CLI::App* cmd = app.add_subcommand("train", "Train a model on a dataset");
-  cmd->add_option("--config", "Read options from a TOML or INI file (key = value, keys as the long flags without dashes, "
-                              "e.g. lr = 0.1, batch-size = 64, optionally under a [train] section); flags on the "
-                              "command line override it")
-      ->type_name("FILE");
+  add_training_flags(cmd, o, /*resume=*/true);
+  return cmd;
+}
+
+void add_training_flags(CLI::App* cmd, TrainOptions& o, bool resume) {
+  const std::string sub = cmd->get_name();
+  const std::string config_help = "Read options from a TOML or INI file (key = value, keys as the long flags without "
+                                  "dashes, e.g. lr = 0.1, batch-size = 64, optionally under a [" + sub +
+                                  "] section); flags on the command line override it";
+  cmd->add_option("--config")->description(config_help)->type_name("FILE");
   const std::string models_list = [] {
     std::string s;
     for (const auto& n : models::model_names()) s += (s.empty() ? "" : " ") + n;
@@ -111,17 +112,18 @@ CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
   cmd->add_option("--device", o.device, "cpu (cuda arrives with the CUDA backend)")->capture_default_str()->group("Run");
   cmd->add_option("--out", o.out, "Output folder (default: runs/<model>-<data>-<date-time>)")->group("Run");
   cmd->add_flag("--overwrite", o.overwrite, "Start afresh in an --out folder that already holds a run")->group("Run");
-  cmd->add_flag("--resume", o.resume,
-                "Continue the run in --out from its last checkpoint (same config; only --threads, --workers, "
-                "--eval-batch-size, --data-root, --cache-dir and --quiet may change)")
-      ->group("Run");
-  cmd->add_option("--checkpoint-every", o.checkpoint_every,
-                  "Write the resumable state (checkpoint.safetensors) every N epochs (0: only at the end)")
-      ->capture_default_str()->group("Run");
+  if (resume) {
+    cmd->add_flag("--resume", o.resume,
+                  "Continue the run in --out from its last checkpoint (same config; only --threads, --workers, "
+                  "--eval-batch-size, --data-root, --cache-dir and --quiet may change)")
+        ->group("Run");
+    cmd->add_option("--checkpoint-every", o.checkpoint_every,
+                    "Write the resumable state (checkpoint.safetensors) every N epochs (0: only at the end)")
+        ->capture_default_str()->group("Run");
+  }
   cmd->add_option("--log-every", o.log_every, "Write a step record to metrics.jsonl every N steps")
       ->capture_default_str()->group("Run");
   cmd->add_flag("--quiet", o.quiet, "No progress bar")->group("Run");
-  return cmd;
 }
 
 void apply_config_file(CLI::App& cmd) {
@@ -137,13 +139,15 @@ void apply_config_file(CLI::App& cmd) {
   }
   for (const CLI::ConfigItem& item : items) {
     if (item.name == "++" || item.name == "--") continue;  // section markers
-    S2H_CHECK(item.parents.empty() || (item.parents.size() == 1 && item.parents[0] == "train"),
-              "--config {}: section [{}] is not [train]", path, item.parents.empty() ? "" : item.parents[0]);
+    S2H_CHECK(item.parents.empty() || (item.parents.size() == 1 && item.parents[0] == cmd.get_name()),
+              "--config {}: section [{}] is not [{}]", path, item.parents.empty() ? "" : item.parents[0],
+              cmd.get_name());
     std::string name = item.name;
     std::replace(name.begin(), name.end(), '_', '-');
     CLI::Option* opt = cmd.get_option_no_throw("--" + name);
     S2H_CHECK(opt != nullptr && name != "config" && name != "help",
-              "--config {}: unknown option '{}' (keys are the long flags of s2h train without dashes)", path, item.name);
+              "--config {}: unknown option '{}' (keys are the long flags of s2h {} without dashes)", path, item.name,
+              cmd.get_name());
     if (opt->count() > 0) continue;  // the command line wins
     try {
       opt->add_result(item.inputs);
@@ -154,9 +158,7 @@ void apply_config_file(CLI::App& cmd) {
   }
 }
 
-namespace {
-
-void validate(const TrainOptions& o) {
+void validate_training_options(const TrainOptions& o) {
   S2H_CHECK(o.epochs > 0, "--epochs must be positive, got {}", o.epochs);
   S2H_CHECK(o.batch_size > 0, "--batch-size must be positive, got {}", o.batch_size);
   S2H_CHECK(o.eval_batch_size > 0, "--eval-batch-size must be positive, got {}", o.eval_batch_size);
@@ -190,61 +192,11 @@ void validate(const TrainOptions& o) {
   S2H_CHECK(dev.is_cpu(), "--device {}: this build has the CPU backend only", o.device);
 }
 
-std::string default_out(const TrainOptions& o) {
-  const std::time_t now = std::time(nullptr);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
-  return fmt::format("runs/{}-{}-{}", o.model, o.data, stamp);
-}
+namespace {
 
-DataOptions data_options(const TrainOptions& o) {
-  DataOptions d;
-  d.name = o.data;
-  d.root = o.data_root;
-  d.augment = o.augment;
-  d.image_size = o.image_size;
-  d.max_len = o.max_len;
-  d.vocab_size = o.vocab_size;
-  d.cache_dir = o.cache_dir;
-  d.limit_train = o.limit_train;
-  d.limit_test = o.limit_test;
-  return d;
-}
 
-// Appends JSON lines, flushed one by one so that a crash loses at most the line being written.
-class MetricsLog {
- public:
-  // Starts a new log, or (resume) keeps the first `keep_bytes` bytes of an existing one.
-  MetricsLog(const std::string& path, int64_t keep_bytes) : path_(path) {
-    if (keep_bytes >= 0) {
-      std::error_code ec;
-      const auto size = fs::file_size(path, ec);
-      S2H_CHECK(!ec, "{}: cannot read the metrics log of the run to resume: {}", path, ec.message());
-      S2H_CHECK(static_cast<int64_t>(size) >= keep_bytes,
-                "{}: the log has {} bytes, fewer than the {} the checkpoint recorded", path, size, keep_bytes);
-      fs::resize_file(path, static_cast<uintmax_t>(keep_bytes), ec);
-      S2H_CHECK(!ec, "{}: cannot truncate to the checkpoint: {}", path, ec.message());
-      f_.open(path, std::ios::out | std::ios::app);
-    } else {
-      f_.open(path, std::ios::out | std::ios::trunc);
-    }
-    S2H_CHECK(f_.good(), "{}: cannot open the metrics log for writing", path);
-  }
-  void write(const nlohmann::json& j) {
-    f_ << j.dump() << '\n';
-    f_.flush();
-    S2H_CHECK(f_.good(), "{}: write failed", path_);
-  }
-  int64_t bytes() { return static_cast<int64_t>(f_.tellp()); }
 
- private:
-  std::string path_;
-  std::ofstream f_;
-};
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 std::string generator_state(Generator& g) {
   std::ostringstream s;
@@ -297,21 +249,6 @@ TrainOptions resumed_options(const TrainOptions& given, const CLI::App& cmd) {
   return o;
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const TrainOptions& o, const Module& model) {
-  if (o.optimizer == "sgd") {
-    SGDOptions so;
-    so.lr = o.lr;
-    so.momentum = o.momentum;
-    so.nesterov = o.nesterov && o.momentum > 0;
-    so.weight_decay = o.weight_decay;
-    return std::make_unique<SGD>(model.parameters(), so);
-  }
-  AdamWOptions ao;
-  ao.lr = o.lr;
-  ao.beta1 = o.momentum > 0 ? o.momentum : 0.9;
-  ao.weight_decay = o.weight_decay;
-  return std::make_unique<AdamW>(model.parameters(), ao);
-}
 
 // Everything a resumed run needs to continue exactly.
 struct TrainState {
@@ -368,9 +305,9 @@ TrainState load_state(const std::string& path, Module& model, Optimizer& optim) 
 }  // namespace
 
 int run_train(const TrainOptions& given, const CLI::App& cmd) {
-  validate(given);
+  validate_training_options(given);
   const TrainOptions o = given.resume ? resumed_options(given, cmd) : given;
-  if (given.resume) validate(o);
+  if (given.resume) validate_training_options(o);
   const int threads = set_threads(o.threads);
 
   // Fail fast on a bad model name, before reading any data.
@@ -424,15 +361,8 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   lo.workers = o.workers;
   data::Loader loader(data.train, lo);
   const int64_t steps_per_epoch = loader.num_batches();
-  LrSchedule sched;
-  sched.kind = LrSchedule::parse_kind(o.schedule);
-  sched.base_lr = o.lr;
-  sched.total_steps = steps_per_epoch * o.epochs;
-  sched.warmup_steps = static_cast<int64_t>(o.warmup_epochs * static_cast<double>(steps_per_epoch));
-  sched.min_lr = o.min_lr;
-  sched.step_size = std::max<int64_t>(1, static_cast<int64_t>(o.step_epochs * static_cast<double>(steps_per_epoch)));
-  sched.gamma = o.gamma;
-  std::unique_ptr<Optimizer> optim = make_optimizer(o, *model);
+  const LrSchedule sched = make_schedule(o, steps_per_epoch);
+  std::unique_ptr<Optimizer> optim = make_optimizer(o, model->parameters());
 
   DataOptions resolved = dopt;
   resolved.root = data.root;
@@ -499,9 +429,7 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
       const double loss_v = loss.item();
       S2H_CHECK(std::isfinite(loss_v), "training diverged: the loss is {} at epoch {}, step {} (lower --lr?)", loss_v,
                 epoch + 1, b + 1);
-      const Tensor pred = argmax(logits.detach(), 1);
-      int64_t c = 0;
-      for (int64_t i = 0; i < n; ++i) c += pred.data<int64_t>()[i] == batch->labels.data<int64_t>()[i];
+      const int64_t c = count_correct(logits, batch->labels);
       loss_sum += loss_v * static_cast<double>(n);
       correct += c;
       seen += n;
