@@ -20,10 +20,14 @@ BudgetResult enforce_budget(const FlopsModel& flops, const WidthMasks& masks, st
 
   // Importance of the units between positions `from` and `to` of the group's order, normalised by the
   // group's mean unit importance (so groups compare).
+  std::map<std::string, double> mean_importance;
+  for (const WidthGroup& g : masks.groups()) {
+    double m = 0;
+    for (double v : g.importance) m += v;
+    mean_importance[g.name] = m / static_cast<double>(g.importance.size());
+  }
   auto block_importance = [&](const WidthGroup& g, int64_t from, int64_t to) {
-    double mean = 0;
-    for (double v : g.importance) mean += v;
-    mean /= static_cast<double>(g.importance.size());
+    const double mean = mean_importance.at(g.name);
     double s = 0;
     for (int64_t p = std::min(from, to); p < std::max(from, to); ++p)
       s += g.importance[static_cast<size_t>(g.order[static_cast<size_t>(p)])];

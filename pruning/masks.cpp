@@ -44,7 +44,7 @@ std::vector<double> unit_importance(const Module& model, const models::ChannelGr
 }
 
 WidthMasks::WidthMasks(const Module& model, const std::vector<models::ChannelGroup>& groups, const MaskOptions& opt)
-    : opt_(opt) {
+    : opt_(opt), model_groups_(groups) {
   S2H_CHECK(opt.temperature > 0, "--temperature must be positive, got {}", opt.temperature);
   S2H_CHECK(opt.init == "max" || opt.init == "uniform", "--mask-init: unknown '{}' (expected max or uniform)",
             opt.init);
@@ -132,9 +132,8 @@ double WidthMasks::entropy(size_t i) const {
 }
 
 void WidthMasks::update_order(const Module& model) {
-  const auto all = models::channel_groups(model);
   for (WidthGroup& g : groups_) {
-    g.importance = unit_importance(model, all.at(static_cast<size_t>(g.group)));
+    g.importance = unit_importance(model, model_groups_.at(static_cast<size_t>(g.group)));
     g.order.resize(static_cast<size_t>(g.channels));
     std::iota(g.order.begin(), g.order.end(), 0);
     std::stable_sort(g.order.begin(), g.order.end(), [&](int64_t a, int64_t b) {

@@ -67,6 +67,7 @@ class WidthMasks {
 
  private:
   MaskOptions opt_;
+  std::vector<models::ChannelGroup> model_groups_;  // the model's groups (WidthGroup::group indexes them)
   std::vector<WidthGroup> groups_;
 };
 

@@ -85,19 +85,23 @@ S2HPruner::S2HPruner(Module& model, const FlopsModel& flops, WidthMasks& masks, 
             opt.mask_momentum);
   S2H_CHECK(opt.order_every >= 1, "--order-every must be >= 1, got {}", opt.order_every);
   for (const Tensor& u : masks_.parameters()) momentum_.push_back(Tensor::zeros(u.shape()));
+  std::map<std::string, Module*> mods;
+  for (auto& [name, m] : model_.named_modules()) mods[name] = m;
+  for (const WidthGroup& wg : masks_.groups()) {
+    std::vector<models::ChannelMask*>& ms = mask_modules_.emplace_back();
+    for (const std::string& name : groups_.at(static_cast<size_t>(wg.group)).masks) {
+      auto it = mods.find(name);
+      auto* mk = it == mods.end() ? nullptr : dynamic_cast<models::ChannelMask*>(it->second);
+      S2H_CHECK(mk != nullptr, "group {}: mask {} is not a ChannelMask of the model", wg.name, name);
+      ms.push_back(mk);
+    }
+  }
 }
 
 void S2HPruner::set_soft_masks(bool on) {
-  std::map<std::string, Module*> mods;
-  for (auto& [name, m] : model_.named_modules()) mods[name] = m;
-  for (size_t i = 0; i < masks_.groups().size(); ++i) {
-    const WidthGroup& wg = masks_.groups()[i];
+  for (size_t i = 0; i < mask_modules_.size(); ++i) {
     const Tensor w = on ? masks_.channel_mask(i) : Tensor();
-    for (const std::string& name : groups_.at(static_cast<size_t>(wg.group)).masks) {
-      auto* mk = dynamic_cast<models::ChannelMask*>(mods.at(name));
-      S2H_CHECK(mk != nullptr, "group {}: mask {} is not a ChannelMask", wg.name, name);
-      mk->scale = w;
-    }
+    for (models::ChannelMask* mk : mask_modules_[i]) mk->scale = w;
   }
 }
 

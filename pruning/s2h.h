@@ -108,6 +108,7 @@ class S2HPruner {
   S2HOptions opt_;
   std::vector<models::ChannelGroup> groups_;
   std::vector<Tensor> params_;     // the model's parameters
+  std::vector<std::vector<models::ChannelMask*>> mask_modules_;  // per width group, its ChannelMasks
   std::vector<Tensor> momentum_;   // mask optimiser state, per group
   int64_t steps_ = 0;
 };

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -167,29 +168,15 @@ DataSplits load_data(const DataOptions& opt, bool with_train) {
 
 EvalResult evaluate(Module& model, const data::SourcePtr& source, int64_t batch_size, int workers) {
   const auto t0 = std::chrono::steady_clock::now();
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard guard;
-  data::LoaderOptions lo;
-  lo.batch_size = batch_size;
-  lo.shuffle = false;
-  lo.workers = workers;
-  data::Loader loader(source, lo);
-  loader.start();
+  Tensor labels;
+  const Tensor logits = predict_logits(model, source, batch_size, workers, &labels);
   EvalResult r;
-  double loss_sum = 0;
-  while (std::optional<data::Batch> batch = loader.next()) {
-    Tensor logits = model(batch->inputs);
-    const int64_t n = batch->labels.numel();
-    loss_sum += cross_entropy(logits, batch->labels).item() * static_cast<double>(n);
-    Tensor pred = argmax(logits, 1);
-    const int64_t* p = pred.data<int64_t>();
-    const int64_t* y = batch->labels.data<int64_t>();
-    for (int64_t i = 0; i < n; ++i) r.correct += p[i] == y[i];
-    r.total += n;
+  {
+    NoGradGuard guard;
+    r.loss = cross_entropy(logits, labels).item();
   }
-  model.train(was_training);
-  r.loss = loss_sum / static_cast<double>(r.total);
+  r.correct = count_correct(logits, labels);
+  r.total = labels.numel();
   r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.total);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
@@ -318,6 +305,76 @@ void parse_input_spec(const std::string& spec, models::ModelConfig& cfg) {
 }
 
 // ------------------------------------------------------------------ shared by train and prune
+void require_known_model(const std::string& name) {
+  const auto names = models::model_names();
+  if (std::find(names.begin(), names.end(), name) == names.end()) models::make_model(name, {});
+}
+
+models::ModelConfig model_config(const TrainOptions& o, const DataSplits& data) {
+  models::ModelConfig cfg = data.geometry;
+  if (o.classes > 0) {
+    S2H_CHECK(o.classes >= cfg.num_classes, "--classes {} is fewer than the {} classes of {}", o.classes,
+              cfg.num_classes, o.data);
+    cfg.num_classes = o.classes;
+  }
+  cfg.imagenet_stem = o.imagenet_stem;
+  cfg.patch_size = o.patch_size;
+  S2H_CHECK(models::is_text_model(o.model) == (cfg.vocab_size > 0), "--model {} takes {}, but --data {} is {}",
+            o.model, models::is_text_model(o.model) ? "text" : "images", o.data, cfg.vocab_size > 0 ? "text" : "images");
+  return cfg;
+}
+
+void load_init_weights(Module& model, const std::string& path, const std::string& model_name) {
+  const SafetensorsFile f = load_safetensors(path);
+  const std::string name = metadata_value(f.metadata, "model", path, "model checkpoint");
+  S2H_CHECK(name == model_name, "--init {}: holds a {} model, not --model {}", path, name, model_name);
+  S2H_CHECK(!f.metadata.count("architecture"), "--init {}: is already a pruned (narrow) network", path);
+  try {
+    model.load_state_dict(f.tensors, /*strict=*/true);
+  } catch (const Error& e) {
+    S2H_FAIL("--init {}: {}", path, e.what());
+  }
+}
+
+nlohmann::json prune_options_json(const PruneOptions& o) {
+  nlohmann::json j = {{"method", o.method},
+                      {"init", o.init},
+                      {"target_flops", o.target_flops},
+                      {"flops_scope", o.flops_scope},
+                      {"variant", o.variant},
+                      {"ch_divisor", o.ch_divisor},
+                      {"head_divisor", o.head_divisor},
+                      {"temperature", o.temperature},
+                      {"mask_init", o.mask_init},
+                      {"lambda_flops", o.lambda_flops},
+                      {"lambda_kd", o.lambda_kd},
+                      {"flops_tolerance", o.flops_tolerance},
+                      {"flops_balance", o.flops_balance},
+                      {"task_balance", o.task_balance},
+                      {"flops_widths", o.flops_widths},
+                      {"mask_lr", o.mask_lr},
+                      {"mask_momentum", o.mask_momentum},
+                      {"mask_weight_decay", o.mask_weight_decay},
+                      {"order_every", o.order_every},
+                      {"dense_epochs", o.dense_epochs},
+                      {"hard_ft_epochs", o.hard_ft_epochs},
+                      {"bn_batches", o.bn_batches},
+                      {"budget_tolerance", o.budget_tolerance},
+                      {"widths_from", o.widths_from},
+                      {"sparsity", o.sparsity},
+                      {"sdp_structured", o.sdp_structured},
+                      {"sdp_scope", o.sdp_scope},
+                      {"sdp_teacher", o.sdp_teacher},
+                      {"sdp_repr", o.sdp_repr},
+                      {"cc_lambda", o.cc_lambda},
+                      {"cc_alpha", o.cc_alpha},
+                      {"prune_steps", o.prune_steps},
+                      {"sparsity_schedule", o.sparsity_schedule},
+                      {"prune_until", o.prune_until}};
+  j.update(nlohmann::json(o.train));
+  return j;
+}
+
 std::string default_out(const TrainOptions& o) {
   const std::time_t now = std::time(nullptr);
   char stamp[32];

@@ -98,6 +98,18 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TrainOptions, model, classes, imagenet_stem, 
                                    schedule, warmup_epochs, min_lr, step_epochs, gamma, label_smoothing, seed, threads,
                                    device, out, overwrite, resume, checkpoint_every, log_every, quiet)
 
+// Throws the registry's message (which lists the known names) unless `name` is a model; cheap, so
+// commands call it before reading any data.
+void require_known_model(const std::string& name);
+// The model geometry for `o.model` on the loaded data: the data's geometry with --classes (not
+// fewer than the data's), --imagenet-stem and --patch-size; throws when a text model meets images or
+// the other way round.
+models::ModelConfig model_config(const TrainOptions& o, const DataSplits& data);
+// Loads the weights of a dense model file of `s2h train` (--init) into `model`; throws naming the
+// file unless it holds a `model_name` of the same shape.
+void load_init_weights(Module& model, const std::string& path, const std::string& model_name);
+// Every option of s2h prune, as config.json records it (TrainOptions' keys plus the pruning ones).
+nlohmann::json prune_options_json(const PruneOptions& o);
 // runs/<model>-<data>-<date-time>
 std::string default_out(const TrainOptions& o);
 DataOptions data_options(const TrainOptions& o);

@@ -30,45 +30,6 @@ namespace {
 
 const char* kMethods = "s2h, soft-only, l1, random, sdp, magnitude";
 
-json options_json(const PruneOptions& o) {
-  json j = {{"method", o.method},
-            {"init", o.init},
-            {"target_flops", o.target_flops},
-            {"flops_scope", o.flops_scope},
-            {"variant", o.variant},
-            {"ch_divisor", o.ch_divisor},
-            {"head_divisor", o.head_divisor},
-            {"temperature", o.temperature},
-            {"mask_init", o.mask_init},
-            {"lambda_flops", o.lambda_flops},
-            {"lambda_kd", o.lambda_kd},
-            {"flops_tolerance", o.flops_tolerance},
-            {"flops_balance", o.flops_balance},
-            {"task_balance", o.task_balance},
-            {"flops_widths", o.flops_widths},
-            {"mask_lr", o.mask_lr},
-            {"mask_momentum", o.mask_momentum},
-            {"mask_weight_decay", o.mask_weight_decay},
-            {"order_every", o.order_every},
-            {"dense_epochs", o.dense_epochs},
-            {"hard_ft_epochs", o.hard_ft_epochs},
-            {"bn_batches", o.bn_batches},
-            {"budget_tolerance", o.budget_tolerance},
-            {"widths_from", o.widths_from},
-            {"sparsity", o.sparsity},
-            {"sdp_structured", o.sdp_structured},
-            {"sdp_scope", o.sdp_scope},
-            {"sdp_teacher", o.sdp_teacher},
-            {"sdp_repr", o.sdp_repr},
-            {"cc_lambda", o.cc_lambda},
-            {"cc_alpha", o.cc_alpha},
-            {"prune_steps", o.prune_steps},
-            {"sparsity_schedule", o.sparsity_schedule},
-            {"prune_until", o.prune_until}};
-  j.update(json(o.train));
-  return j;
-}
-
 void validate(const PruneOptions& o) {
   validate_training_options(o.train);
   const std::vector<std::string> methods = {"s2h", "soft-only", "l1", "random", "sdp", "magnitude"};
@@ -90,19 +51,6 @@ void validate(const PruneOptions& o) {
   S2H_CHECK(o.widths_from.empty() || o.method == "l1" || o.method == "random",
             "--widths-from applies to --method l1 or random only");
   S2H_CHECK(o.sparsity >= 0 && o.sparsity < 1, "--sparsity must be in [0, 1), got {}", o.sparsity);
-}
-
-// Weights of a model file from `s2h train` (or another prune run's dense model) into `model`.
-void load_init(Module& model, const PruneOptions& o) {
-  const SafetensorsFile f = load_safetensors(o.init);
-  const std::string name = metadata_value(f.metadata, "model", o.init, "model checkpoint");
-  S2H_CHECK(name == o.train.model, "--init {}: holds a {} model, not --model {}", o.init, name, o.train.model);
-  S2H_CHECK(!f.metadata.count("architecture"), "--init {}: is already a pruned network", o.init);
-  try {
-    model.load_state_dict(f.tensors);
-  } catch (const Error& e) {
-    S2H_FAIL("--init {}: {}", o.init, e.what());
-  }
 }
 
 // Uniform widths: every prunable group keeps the same fraction, rounded to its divisor, found by bisection,
@@ -273,20 +221,11 @@ int run_structured(const PruneOptions& o, const std::string& out) {
   const auto t0 = std::chrono::steady_clock::now();
   const DataOptions dopt = data_options(t);
   const DataSplits data = load_data(dopt, true);
-  models::ModelConfig cfg = data.geometry;
-  if (t.classes > 0) {
-    S2H_CHECK(t.classes >= cfg.num_classes, "--classes {} is fewer than the {} classes of {}", t.classes,
-              cfg.num_classes, t.data);
-    cfg.num_classes = t.classes;
-  }
-  cfg.imagenet_stem = t.imagenet_stem;
-  cfg.patch_size = t.patch_size;
-  S2H_CHECK(models::is_text_model(t.model) == (cfg.vocab_size > 0), "--model {} takes {}, but --data {} is {}",
-            t.model, models::is_text_model(t.model) ? "text" : "images", t.data, cfg.vocab_size > 0 ? "text" : "images");
+  const models::ModelConfig cfg = model_config(t, data);
 
   manual_seed(t.seed);
   ModulePtr model = models::make_model(t.model, cfg);
-  if (!o.init.empty()) load_init(*model, o);
+  if (!o.init.empty()) load_init_weights(*model, o.init, t.model);
   model->train();
   const std::vector<models::ChannelGroup> groups = models::channel_groups(*model);
   models::validate_channel_groups(*model, groups);
@@ -349,7 +288,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
   const std::string method_desc =
       o.method == "s2h" ? fmt::format("s2h ({})", pruning::variant_name(so.variant)) : o.method;
   json config = {{"command", "prune"},
-                 {"options", options_json(o)},
+                 {"options", prune_options_json(o)},
                  {"resolved",
                   {{"out", out},
                    {"data_root", data.root},
@@ -476,11 +415,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
     if (masked) {
       Tensor labels;
       pruner.set_soft_masks(true);
-      Tensor soft_logits;
-      {
-        NoGradGuard ng;
-        soft_logits = predict_logits(*model, data.test, t.eval_batch_size, t.workers, &labels);
-      }
+      const Tensor soft_logits = predict_logits(*model, data.test, t.eval_batch_size, t.workers, &labels);
       pruner.set_soft_masks(false);
       Tensor hard_logits;
       {
@@ -538,10 +473,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
     budget = pruning::enforce_budget(flops, masks, masks.hard_widths(), o.target_flops, o.budget_tolerance, scope);
     sel = masks.selection(budget.widths);
     pruner.set_soft_masks(true);
-    {
-      NoGradGuard ng;
-      soft_logits = predict_logits(*model, data.test, t.eval_batch_size, t.workers, &labels);
-    }
+    soft_logits = predict_logits(*model, data.test, t.eval_batch_size, t.workers, &labels);
     pruner.set_soft_masks(false);
     soft_acc = logits_accuracy(soft_logits, labels);
     net = pruning::extract(t.model, cfg, *model, sel);
@@ -693,10 +625,7 @@ int run_prune(const PruneOptions& o, const CLI::App& cmd) {
   (void)cmd;
   validate(o);
   set_threads(o.train.threads);
-  {
-    const auto names = models::model_names();
-    if (std::find(names.begin(), names.end(), o.train.model) == names.end()) models::make_model(o.train.model, {});
-  }
+  require_known_model(o.train.model);
   if (!o.init.empty()) S2H_CHECK(fs::is_regular_file(o.init), "--init {}: no such file", o.init);
   TrainOptions named = o.train;
   named.data = o.train.data + "-" + o.method;

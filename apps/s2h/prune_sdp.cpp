@@ -42,23 +42,6 @@ pruning::SdpOptions sdp_options(const PruneOptions& o) {
   return s;
 }
 
-json sdp_options_json(const PruneOptions& o) {
-  json j = {{"method", o.method},
-            {"init", o.init},
-            {"sparsity", o.sparsity},
-            {"sdp_structured", o.sdp_structured},
-            {"sdp_scope", o.sdp_scope},
-            {"sdp_teacher", o.sdp_teacher},
-            {"sdp_repr", o.sdp_repr},
-            {"cc_lambda", o.cc_lambda},
-            {"cc_alpha", o.cc_alpha},
-            {"prune_steps", o.prune_steps},
-            {"sparsity_schedule", o.sparsity_schedule},
-            {"prune_until", o.prune_until}};
-  j.update(json(o.train));
-  return j;
-}
-
 // Pooled features (the classifier's input) of the masked network on a source, and the Fisher ratio.
 double fisher_on(pruning::SdpPruner& pruner, const data::SourcePtr& source, int64_t batch_size, int workers) {
   data::LoaderOptions lo;
@@ -90,8 +73,6 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
   const TrainOptions& t = o.train;
   S2H_CHECK(o.method == "sdp" || o.method == "magnitude", "run_prune_sdp: --method {} is not sdp or magnitude",
             o.method);
-  validate_training_options(t);
-  S2H_CHECK(!t.resume, "--resume: s2h prune --method {} cannot resume a run; start it again", o.method);
   const pruning::SdpOptions so = sdp_options(o);
   pruning::validate(so);
   const int threads = set_threads(t.threads);
@@ -99,38 +80,16 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
 
   const fs::path model_path = fs::path(out) / "model.safetensors", metrics_path = fs::path(out) / "metrics.jsonl",
                  summary_path = fs::path(out) / "summary.json", config_path = fs::path(out) / "config.json";
-  for (const fs::path& f : {metrics_path, model_path, summary_path})
-    S2H_CHECK(t.overwrite || !fs::exists(f),
-              "--out {} already holds a run ({} exists); choose another folder or pass --overwrite", out,
-              f.filename().string());
 
   const DataOptions dopt = data_options(t);
   const DataSplits data = load_data(dopt, true);
   const double load_s = seconds_since(t0);
-  models::ModelConfig cfg = data.geometry;
-  if (t.classes > 0) {
-    S2H_CHECK(t.classes >= cfg.num_classes, "--classes {} is fewer than the {} classes of {}", t.classes,
-              cfg.num_classes, t.data);
-    cfg.num_classes = t.classes;
-  }
-  cfg.imagenet_stem = t.imagenet_stem;
-  cfg.patch_size = t.patch_size;
-  S2H_CHECK(models::is_text_model(t.model) == (cfg.vocab_size > 0), "--model {} takes {}, but --data {} is {}",
-            t.model, models::is_text_model(t.model) ? "text" : "images", t.data, cfg.vocab_size > 0 ? "text" : "images");
+  const models::ModelConfig cfg = model_config(t, data);
 
   manual_seed(t.seed);
   ModulePtr model = models::make_model(t.model, cfg);
-  if (!o.init.empty()) {
-    const SafetensorsFile f = load_safetensors(o.init);
-    const std::string name = metadata_value(f.metadata, "model", o.init, "model checkpoint");
-    S2H_CHECK(name == t.model, "--init {}: holds a {} model, not --model {}", o.init, name, t.model);
-    S2H_CHECK(!f.metadata.count("architecture"), "--init {}: is already a pruned (narrow) network", o.init);
-    try {
-      model->load_state_dict(f.tensors, /*strict=*/true);
-    } catch (const Error& e) {
-      S2H_FAIL("--init {}: {}", o.init, e.what());
-    }
-  }
+  if (!o.init.empty()) load_init_weights(*model, o.init, t.model);
+
   model->train();
 
   // One test sample finds the input layer and the classifier.
@@ -168,7 +127,7 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
   json events_json = json::array();
   for (const auto& e : events) events_json.push_back({{"step", e.step}, {"sparsity", e.sparsity}});
   const json config = {{"command", "prune"},
-                       {"options", sdp_options_json(o)},
+                       {"options", prune_options_json(o)},
                        {"resolved",
                         {{"out", out},
                          {"threads", threads},

@@ -311,10 +311,7 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   const int threads = set_threads(o.threads);
 
   // Fail fast on a bad model name, before reading any data.
-  {
-    const auto names = models::model_names();
-    if (std::find(names.begin(), names.end(), o.model) == names.end()) models::make_model(o.model, {});
-  }
+  require_known_model(o.model);
 
   const std::string out = o.out.empty() ? default_out(o) : o.out;
   const fs::path state_path = fs::path(out) / kStateFile, model_path = fs::path(out) / kModelFile,
@@ -334,17 +331,7 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   const DataOptions dopt = data_options(o);
   const DataSplits data = load_data(dopt, true);
   const double load_s = seconds_since(t_load);
-  models::ModelConfig cfg = data.geometry;
-  if (o.classes > 0) {
-    S2H_CHECK(o.classes >= cfg.num_classes, "--classes {} is fewer than the {} classes of {}", o.classes,
-              cfg.num_classes, o.data);
-    cfg.num_classes = o.classes;
-  }
-  cfg.imagenet_stem = o.imagenet_stem;
-  cfg.patch_size = o.patch_size;
-  S2H_CHECK(models::is_text_model(o.model) == (cfg.vocab_size > 0),
-            "--model {} takes {}, but --data {} is {}", o.model, models::is_text_model(o.model) ? "text" : "images",
-            o.data, cfg.vocab_size > 0 ? "text" : "images");
+  const models::ModelConfig cfg = model_config(o, data);
 
   manual_seed(o.seed);
   ModulePtr model = models::make_model(o.model, cfg);
