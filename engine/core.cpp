@@ -1,12 +1,15 @@
 #include <malloc.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "engine/device.h"
 #include "engine/dtype.h"
 #include "engine/error.h"
+#include "engine/precision.h"
 #include "engine/storage.h"
+#include "kernels/cuda/runtime.h"
 
 namespace s2h {
 
@@ -83,18 +86,72 @@ void tune_malloc_once() {
 }
 }  // namespace
 
-Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
-  tune_malloc_once();
-  S2H_CHECK(device.is_cpu(),
-            "device {} is not available: this build has the CPU backend only (the CUDA backend "
-            "is a later milestone)",
-            device.str());
-  size_t rounded = (nbytes + 63) / 64 * 64;
-  if (rounded == 0) rounded = 64;
-  data_ = std::aligned_alloc(64, rounded);
-  if (!data_) throw std::bad_alloc();
+namespace {
+bool g_poison = false;
 }
 
-Storage::~Storage() { std::free(data_); }
+void set_poison_allocations(bool on) { g_poison = on; }
+bool poison_allocations() { return g_poison; }
+
+Storage::Storage(size_t nbytes, Device device, bool pinned) : nbytes_(nbytes), device_(device), pinned_(pinned) {
+  if (device.is_cuda()) {
+    S2H_CHECK(cuda::compiled(), "device {} is not available: this build has no CUDA backend (nvcc was not found, or "
+              "S2H_CUDA=OFF)", device.str());
+    data_ = cuda::device_alloc(nbytes, device.index);
+    if (g_poison) cuda::fill_bytes(data_, 0xff, nbytes, device.index);
+    return;
+  }
+  if (pinned) {
+    data_ = cuda::pinned_alloc(nbytes);
+  } else {
+    tune_malloc_once();
+    size_t rounded = (nbytes + 63) / 64 * 64;
+    if (rounded == 0) rounded = 64;
+    data_ = std::aligned_alloc(64, rounded);
+    if (!data_) throw std::bad_alloc();
+  }
+  if (g_poison) std::memset(data_, 0xff, nbytes);
+}
+
+Storage::~Storage() {
+  if (device_.is_cuda()) {
+    cuda::device_free(data_, device_.index);
+  } else if (pinned_) {
+    cuda::pinned_free(data_);
+  } else {
+    std::free(data_);
+  }
+}
+
+// ------------------------------------------------------------------ precision
+namespace {
+Precision g_precision = Precision::FP32;
+}
+
+Precision precision() { return g_precision; }
+void set_precision(Precision p) { g_precision = p; }
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::TF32: return "tf32";
+    case Precision::BF16: return "bf16";
+  }
+  return "?";
+}
+
+Precision parse_precision(std::string_view text) {
+  for (Precision p : {Precision::FP32, Precision::TF32, Precision::BF16})
+    if (text == precision_name(p)) return p;
+  S2H_FAIL("unknown precision '{}' (expected fp32, tf32 or bf16)", text);
+}
+
+DType gemm_dtype(Device device, DType input) {
+  if (device.is_cuda() && g_precision == Precision::BF16 && (input == DType::F32 || input == DType::BF16))
+    return DType::BF16;
+  return input;
+}
+
+bool allow_tf32() { return g_precision == Precision::TF32; }
 
 }  // namespace s2h

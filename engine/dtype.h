@@ -6,23 +6,9 @@
 #include <string_view>
 
 #include "kernels/bf16.h"
+#include "kernels/dtype.h"
 
 namespace s2h {
-
-// F64 is not a training type: it exists so that gradient checks can run in
-// double precision on the CPU.
-enum class DType : uint8_t { F32, F64, BF16, I64, U8 };
-
-inline size_t dtype_size(DType t) {
-  switch (t) {
-    case DType::F32: return 4;
-    case DType::F64: return 8;
-    case DType::BF16: return 2;
-    case DType::I64: return 8;
-    case DType::U8: return 1;
-  }
-  return 0;
-}
 
 // Lower-case name used in messages ("f32").
 const char* dtype_name(DType t);

@@ -164,6 +164,17 @@ int64_t Module::num_parameters() const {
   return n;
 }
 
+void Module::to(Device device) {
+  for (auto& [name, t] : named_parameters()) t.move_to_(device);
+  for (auto& [name, t] : named_buffers()) t.move_to_(device);
+}
+
+Device Module::device() const {
+  for (const auto& [name, t] : named_parameters()) return t.device();
+  for (const auto& [name, t] : named_buffers()) return t.device();
+  return Device::cpu();
+}
+
 void Module::summary_into(const std::string& name, int depth, std::string& out) const {
   out += std::string(static_cast<size_t>(depth) * 2, ' ') + (name.empty() ? "" : name + ": ") + describe() + "\n";
   for (const auto& [child_name, child] : children_) child->summary_into(child_name, depth + 1, out);

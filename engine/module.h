@@ -36,6 +36,12 @@ class Module {
   std::vector<std::pair<std::string, Module*>> named_modules() const;  // includes this one as ""
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
 
+  // Moves every parameter and buffer to `device` in place (handles held by
+  // layers see the move). Optimisers must be made after the move.
+  void to(Device device);
+  // The device of the first parameter or buffer (CPU for a module with none).
+  Device device() const;
+
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }

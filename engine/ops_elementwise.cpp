@@ -11,9 +11,19 @@ namespace detail {
 
 void check_compute(const Tensor& t, const char* op, const char* what) {
   S2H_CHECK(t.defined(), "{}: {} is undefined", op, what);
-  S2H_CHECK(t.device().is_cpu(), "{}: {} is on {}, only the CPU backend is built", op, what, t.device().str());
-  S2H_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
-            "{}: {} has dtype {} (expected f32 or f64)", op, what, dtype_name(t.dtype()));
+  if (t.device().is_cpu()) {
+    S2H_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64,
+              "{}: {} has dtype {} (expected f32 or f64 on the CPU)", op, what, dtype_name(t.dtype()));
+  } else {
+    S2H_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16,
+              "{}: {} has dtype {} (expected f32 or bf16 on {})", op, what, dtype_name(t.dtype()),
+              t.device().str());
+  }
+}
+
+void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
+  S2H_CHECK(a.device() == b.device(), "{}: operands are on different devices ({} and {}); move one with .to()", op,
+            a.device().str(), b.device().str());
 }
 
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {

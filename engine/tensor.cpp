@@ -7,39 +7,86 @@
 #include "engine/random.h"
 #include "kernels/cpu/copy.h"
 #include "kernels/cpu/parallel.h"
+#include "kernels/cuda/copy.h"
+#include "kernels/cuda/runtime.h"
 
 namespace s2h {
 
 namespace {
 
-std::shared_ptr<TensorImpl> new_impl(const Shape& shape, DType dtype, Device device) {
+std::shared_ptr<TensorImpl> new_impl(const Shape& shape, DType dtype, Device device, bool pinned = false) {
   for (int64_t d : shape) S2H_CHECK(d >= 0, "tensor shape {} has a negative size", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage =
+      std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device, pinned);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return impl;
 }
 
-// dst (any strides) <- src (any strides), same shape, any dtypes.
+// dst (any strides) <- src (any strides), same shape, any dtypes, any devices.
 void copy_strided(const Tensor& dst, const Tensor& src) {
   S2H_CHECK(dst.shape() == src.shape(), "copy: shape {} into shape {}", shape_str(src.shape()),
             shape_str(dst.shape()));
-  dispatch_all(dst.dtype(), [&]<typename D>() {
-    dispatch_all(src.dtype(), [&]<typename S>() {
-      cpu::strided_copy<D, S>(static_cast<D*>(dst.raw_data()), dst.strides().data(),
-                              static_cast<const S*>(src.raw_data()), src.strides().data(), src.shape().data(),
-                              static_cast<int>(src.dim()));
+  const Device dd = dst.device(), sd = src.device();
+  if (dd.is_cpu() && sd.is_cpu()) {
+    dispatch_all(dst.dtype(), [&]<typename D>() {
+      dispatch_all(src.dtype(), [&]<typename S>() {
+        cpu::strided_copy<D, S>(static_cast<D*>(dst.raw_data()), dst.strides().data(),
+                                static_cast<const S*>(src.raw_data()), src.strides().data(), src.shape().data(),
+                                static_cast<int>(src.dim()));
+      });
     });
-  });
+    return;
+  }
+#if S2H_HAVE_CUDA
+  if (dd == sd) {  // on one GPU
+    cuda::strided_copy(dst.raw_data(), dst.dtype(), dst.strides().data(), src.raw_data(), src.dtype(),
+                       src.strides().data(), src.shape().data(), static_cast<int>(src.dim()), cuda::stream(dd.index));
+    return;
+  }
+  // Across devices: a contiguous block of dst's dtype moves, strides and
+  // conversions are handled on whichever side has them.
+  const size_t nbytes = static_cast<size_t>(src.numel()) * dtype_size(dst.dtype());
+  if (sd.is_cpu() && dd.is_cuda()) {
+    Tensor block = src;
+    if (block.dtype() != dst.dtype() || !block.is_contiguous()) {
+      block = Tensor::empty(src.shape(), dst.dtype(), sd, src.storage()->pinned());
+      copy_strided(block, src);
+    }
+    const bool direct = dst.is_contiguous();
+    Tensor target = direct ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
+    const bool pinned = block.storage()->pinned();
+    cuda::copy_to_device(target.raw_data(), block.raw_data(), nbytes, dd.index, pinned,
+                         pinned ? std::shared_ptr<const void>(block.storage()) : nullptr);
+    if (!direct) copy_strided(dst, target);
+    return;
+  }
+  if (sd.is_cuda() && dd.is_cpu()) {
+    Tensor block = src;
+    if (block.dtype() != dst.dtype() || !block.is_contiguous()) {
+      block = Tensor::empty(src.shape(), dst.dtype(), sd);
+      copy_strided(block, src);
+    }
+    const bool direct = dst.is_contiguous();
+    Tensor target = direct ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
+    cuda::copy_to_host(target.raw_data(), block.raw_data(), nbytes, sd.index);
+    if (!direct) copy_strided(dst, target);
+    return;
+  }
+  copy_strided(dst, src.to(Device::cpu()));  // GPU to GPU: through the host
+#else
+  S2H_FAIL("copy from {} to {}: this build has no CUDA backend", sd.str(), dd.str());
+#endif
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------ creation
-Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  return Tensor(new_impl(shape, dtype, device));
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device, bool pinned) {
+  S2H_CHECK(!pinned || device.is_cpu(), "empty: pinned memory is host memory (asked for {})", device.str());
+  return Tensor(new_impl(shape, dtype, device, pinned));
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
@@ -132,8 +179,31 @@ Tensor Tensor::to(DType target) const {
   return out;
 }
 
+Tensor Tensor::to(Device target) const {
+  if (target == device()) return *this;
+  Tensor out = empty(shape(), dtype(), target);
+  copy_strided(out, *this);
+  if (is_floating(dtype())) {
+    const Device src = device();
+    return record(out, "to_device", {*this}, [src](const Tensor& g) { return std::vector<Tensor>{g.to(src)}; });
+  }
+  return out;
+}
+
+void Tensor::move_to_(Device target) {
+  if (target == device()) return;
+  S2H_CHECK(is_leaf(), "move_to_: only leaf tensors (parameters, buffers) can change device in place");
+  Tensor moved = detach().to(target);  // contiguous on the target
+  TensorImpl& t = impl();
+  t.storage = moved.storage();
+  t.strides = moved.strides();
+  t.offset = 0;
+  if (t.autograd && t.autograd->grad.defined()) t.autograd->grad = t.autograd->grad.detach().to(target);
+}
+
 double Tensor::item() const {
   S2H_CHECK(numel() == 1, "item() needs a tensor with one element, got shape {}", shape_str(shape()));
+  if (!device().is_cpu()) return detach().to(Device::cpu()).item();
   return dispatch_all(dtype(), [&]<typename T>() -> double {
     return static_cast<double>(cpu::convert<double>(*static_cast<const T*>(raw_data())));
   });
@@ -209,6 +279,13 @@ void Tensor::check_inplace(const char* op) const {
 
 Tensor& Tensor::fill_(double value) {
   check_inplace("fill_");
+  if (device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::fill(raw_data(), dtype(), strides().data(), shape().data(), static_cast<int>(dim()), value,
+               cuda::stream(device().index));
+#endif
+    return *this;
+  }
   dispatch_all(dtype(), [&]<typename T>() {
     const T v = cpu::convert<T>(value);
     if (is_contiguous()) {
@@ -239,6 +316,13 @@ Tensor& Tensor::add_(const Tensor& other, double alpha) {
     NoGradGuard guard;
     return copy_(add(detach().contiguous(), mul_scalar(o, alpha)));
   }
+  if (device().is_cuda()) {
+    S2H_CHECK(o.device() == device(), "add_: {} into {}", o.str(), str());
+#if S2H_HAVE_CUDA
+    cuda::axpy(raw_data(), o.raw_data(), dtype(), numel(), alpha, cuda::stream(device().index));
+#endif
+    return *this;
+  }
   dispatch_float(dtype(), "add_", [&]<typename T>() {
     T* p = data<T>();
     const T* q = o.data<T>();
@@ -255,6 +339,12 @@ Tensor& Tensor::mul_(double value) {
   if (!is_contiguous()) {
     NoGradGuard guard;
     return copy_(mul_scalar(detach().contiguous(), value));
+  }
+  if (device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::scale(raw_data(), dtype(), numel(), value, cuda::stream(device().index));
+#endif
+    return *this;
   }
   dispatch_float(dtype(), "mul_", [&]<typename T>() {
     T* p = data<T>();

@@ -37,7 +37,10 @@ class Tensor {
   explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
 
   // ------------------------------------------------------------ creation
-  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
+  // pinned: page-locked host memory (CPU only; needs the CUDA backend), from
+  // which copies to a GPU are asynchronous.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu(),
+                      bool pinned = false);
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
   static Tensor ones(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
   static Tensor full(const Shape& shape, double value, DType dtype = DType::F32,
@@ -76,6 +79,11 @@ class Tensor {
   Tensor contiguous() const;        // itself when already contiguous (autograd-aware)
   Tensor clone() const;             // a contiguous copy (autograd-aware)
   Tensor to(DType dtype) const;     // itself when the dtype matches (autograd-aware for floats)
+  Tensor to(Device device) const;   // itself when already there; else a contiguous copy (autograd-aware)
+  Tensor cpu() const { return to(Device::cpu()); }
+  // Moves a leaf (a parameter or buffer) to `device` in place: every handle
+  // sharing this tensor sees the new storage; its gradient moves too.
+  void move_to_(Device device);
   double item() const;              // the value of a one-element tensor
   template <class T> std::vector<T> to_vector() const;  // contiguous row-major copy
 
@@ -174,6 +182,7 @@ Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape) {
 template <class T>
 std::vector<T> Tensor::to_vector() const {
   Tensor c = detach().contiguous();
+  if (!c.device().is_cpu()) c = c.to(Device::cpu());
   if (c.dtype() != dtype_of<T>) c = c.to(dtype_of<T>);
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());

@@ -18,20 +18,6 @@ void check(cudaError_t e, const char* what) {
 }
 }  // namespace
 
-bool compiled() { return true; }
-
-int device_count(std::string* why) {
-  int n = 0;
-  cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    if (why) *why = cudaGetErrorString(e);
-    cudaGetLastError();  // clear the sticky error
-    return 0;
-  }
-  if (n == 0 && why) *why = "no CUDA device found";
-  return n;
-}
-
 void saxpy(int n, float a, const float* x, float* y) {
   float *dx = nullptr, *dy = nullptr;
   const size_t bytes = sizeof(float) * static_cast<size_t>(n);
