@@ -64,6 +64,9 @@ struct LoaderOptions {
   // read in the calling thread. The output never depends on this number.
   int workers = 2;
   int prefetch = 4;  // batches in flight ahead of the consumer
+  // Put batches in page-locked host memory (needs the CUDA backend), so that
+  // the trainer's copy to the GPU is asynchronous.
+  bool pin_memory = false;
 };
 
 // Batches of a source in a seeded order. Epoch e uses the permutation drawn

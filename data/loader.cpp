@@ -122,8 +122,8 @@ Batch Loader::batch(int64_t index) const {
   shape.insert(shape.end(), spec.shape.begin(), spec.shape.end());
   Batch out;
   out.index = index;
-  out.inputs = Tensor::empty(shape, spec.dtype);
-  out.labels = Tensor::empty({e - b}, DType::I64);
+  out.inputs = Tensor::empty(shape, spec.dtype, Device::cpu(), opt_.pin_memory);
+  out.labels = Tensor::empty({e - b}, DType::I64, Device::cpu(), opt_.pin_memory);
   const int64_t sample_bytes = shape_numel(spec.shape) * static_cast<int64_t>(dtype_size(spec.dtype));
   char* dst = static_cast<char*>(out.inputs.raw_data());
   int64_t* labels = out.labels.data<int64_t>();

@@ -82,7 +82,7 @@ void Tensor::backward(const Tensor& gradient, const std::vector<Tensor>& inputs)
   if (!seed.defined()) {
     S2H_CHECK(numel() == 1, "backward: a gradient must be given for a non-scalar tensor of shape {}",
               shape_str(shape()));
-    seed = Tensor::ones(shape(), dtype());
+    seed = Tensor::ones(shape(), dtype(), device());
   }
   S2H_CHECK(seed.shape() == shape() && seed.dtype() == dtype(),
             "backward: gradient {} for a tensor {} (shape and dtype must match)", seed.str(), str());

@@ -4,6 +4,8 @@
 
 #include "engine/autograd.h"
 #include "engine/random.h"
+#include "kernels/cuda/copy.h"
+#include "kernels/cuda/runtime.h"
 
 namespace s2h {
 
@@ -116,7 +118,15 @@ BatchNorm::BatchNorm(int64_t c, double eps, double momentum) : channels(c), eps(
 }
 
 Tensor BatchNorm::forward(const Tensor& x) {
-  if (is_training()) num_batches_tracked.data<int64_t>()[0] += 1;
+  if (is_training()) {
+    if (num_batches_tracked.device().is_cpu()) {
+      num_batches_tracked.data<int64_t>()[0] += 1;
+    } else {
+#if S2H_HAVE_CUDA
+      cuda::add_i64(num_batches_tracked.data<int64_t>(), 1, cuda::stream(num_batches_tracked.device().index));
+#endif
+    }
+  }
   return batch_norm(x, weight, bias, running_mean, running_var, is_training(), momentum, eps);
 }
 

@@ -104,7 +104,9 @@ Tensor ChannelMask::forward(const Tensor& x) {
   S2H_CHECK(x.dim() >= 1 && x.size(-1) == channels * unit, "{}: input {} does not end in {} features", describe(),
             x.str(), channels * unit);
   S2H_CHECK(scale.numel() == channels, "{}: scale has {} values, expected {}", describe(), scale.numel(), channels);
-  Tensor s = scale.reshape({channels});
+  // The scale may live elsewhere (the pruner keeps mask logits on the CPU)
+  // and in fp32 while bf16 activations pass: the casts are autograd ops.
+  Tensor s = scale.reshape({channels}).to(x.device()).to(x.dtype());
   if (unit > 1) s = reshape(expand(reshape(s, {channels, 1}), {channels, unit}), {channels * unit});
   return mul(x, s);
 }

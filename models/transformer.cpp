@@ -83,10 +83,10 @@ Tensor MultiheadSelfAttention::forward(const Tensor& x) {
                   key_padding.size(1) == L,
               "{}: key padding must be u8 [{}, {}], got {}", describe(), B, L, key_padding.str());
     std::vector<double> bias(static_cast<size_t>(B * L));
-    const Tensor pad = key_padding.contiguous();
+    const Tensor pad = key_padding.contiguous().to(Device::cpu());
     const uint8_t* p = pad.data<uint8_t>();
     for (int64_t i = 0; i < B * L; ++i) bias[static_cast<size_t>(i)] = p[i] ? kMaskedLogit : 0.0;
-    Tensor b = Tensor::from_vector(bias, {B, 1, 1, L}).to(x.dtype());
+    Tensor b = Tensor::from_vector(bias, {B, 1, 1, L}).to(logits.device()).to(logits.dtype());
     logits = add(logits.reshape({B, H, L, L}), b).reshape({B * H, L, L});
   }
   Tensor out = bmm(softmax(logits, -1), vh);  // [B*H, L, D]
@@ -266,7 +266,10 @@ TextTransformer::TextTransformer(const ModelConfig& c, const TransformerSize& s)
 Tensor TextTransformer::forward(const Tensor& ids_in) {
   S2H_CHECK(ids_in.dtype() == DType::I64 && ids_in.dim() == 2 && ids_in.size(1) >= 1 && ids_in.size(1) <= max_len,
             "{}: expected i64 token ids [B, L] with 1 <= L <= {}, got {}", describe(), max_len, ids_in.str());
-  Tensor ids = ids_in.contiguous();
+  // Token ids are read on the host (padding, range checks); the embedding
+  // lookup runs where the model is.
+  const Device dev = pos_embed.device();
+  Tensor ids = ids_in.contiguous().to(Device::cpu());
   const int64_t B = ids.size(0);
   // Cut the columns of padding that end every row: exact (padded keys are ignored and the
   // pooling skips padded tokens), and the work then follows the longest row of the batch.
@@ -294,16 +297,16 @@ Tensor TextTransformer::forward(const Tensor& ids_in) {
   }
   for (double& n : count) n = std::max(n, 1.0);  // a row of padding only pools to zeros
 
-  Tensor h = (*token_embed)(ids);
+  Tensor h = (*token_embed)(ids.to(dev));
   h = add(h, pos_embed.slice(1, 0, L));
   {
-    KeyPaddingScope scope(*this, any_pad ? padding : Tensor());
+    KeyPaddingScope scope(*this, any_pad ? padding.to(dev) : Tensor());
     h = (*blocks)(h);
   }
   h = (*norm)(h);
   // Mean over the non-padded tokens.
-  Tensor pooled = div(sum(mul(h, Tensor::from_vector(keep, {B, L, 1}).to(h.dtype())), {1}),
-                      Tensor::from_vector(count, {B, 1}).to(h.dtype()));
+  Tensor pooled = div(sum(mul(h, Tensor::from_vector(keep, {B, L, 1}).to(dev).to(h.dtype())), {1}),
+                      Tensor::from_vector(count, {B, 1}).to(dev).to(h.dtype()));
   return (*head)(pooled);
 }
 

@@ -29,7 +29,7 @@ std::vector<double> unit_importance(const Module& model, const models::ChannelGr
     if (const auto* c = dynamic_cast<const Conv2d*>(it->second)) w = c->weight;
     else if (const auto* l = dynamic_cast<const Linear*>(it->second)) w = l->weight;
     else S2H_FAIL("group {}: producer {} is neither Conv2d nor Linear", group.name, name);
-    const Tensor wc = w.detach().contiguous();
+    const Tensor wc = w.detach().contiguous().to(Device::cpu());
     const int64_t rows = wc.size(0), cols = wc.numel() / rows;
     S2H_CHECK(rows == group.channels * group.unit, "group {}: producer {} has {} outputs, expected {}", group.name,
               name, rows, group.channels * group.unit);

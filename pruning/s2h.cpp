@@ -144,7 +144,7 @@ std::vector<Tensor> take_grads(const std::vector<Tensor>& xs) {
   std::vector<Tensor> gs;
   for (const Tensor& x : xs) {
     const Tensor g = x.grad();
-    gs.push_back(g.defined() ? g.clone() : Tensor::zeros(x.shape()));
+    gs.push_back(g.defined() ? g.clone() : Tensor::zeros(x.shape(), x.dtype(), x.device()));
     x.zero_grad();
   }
   return gs;

@@ -84,7 +84,7 @@ double fisher_ratio(const Tensor& features, const Tensor& labels) {
             "fisher_ratio: labels must be i64 [{}], got {}", features.size(0), labels.str());
   const int64_t n = features.size(0), d = features.size(1);
   S2H_CHECK(n > 0, "fisher_ratio: no samples");
-  const Tensor x = features.detach().contiguous();
+  const Tensor x = features.detach().contiguous().to(Device::cpu()).to(DType::F32);
   const std::vector<int64_t> y = labels.to_vector<int64_t>();
   return dispatch_float(x.dtype(), "fisher_ratio", [&]<class T>() {
     const T* px = x.data<T>();
@@ -175,7 +175,7 @@ std::vector<float> abs_values(const Tensor& t) {
 }
 
 Tensor mask_from(const std::vector<float>& keep, const Tensor& like) {
-  return Tensor::from_vector(keep, like.shape()).to(like.dtype());
+  return Tensor::from_vector(keep, like.shape()).to(like.device()).to(like.dtype());
 }
 
 int64_t count_zeros(const Tensor& mask) {
@@ -253,7 +253,7 @@ SdpPruner::SdpPruner(Module& model, SdpOptions opt, const Tensor& example_input,
       if (n == pname) e->param = t;
     S2H_CHECK(e->param.defined() && e->param.impl_ptr() == member->impl_ptr(),
               "SdpPruner: {} is not the registered parameter of {}", full, m->describe());
-    e->mask = Tensor::ones(e->param.shape(), e->param.dtype());
+    e->mask = Tensor::ones(e->param.shape(), e->param.dtype(), e->param.device());
     by_name[full] = e.get();
     entries_.push_back(std::move(e));
     return entries_.back().get();
@@ -416,6 +416,7 @@ void SdpPruner::snapshot_teacher() {
     teacher_ = make_copy_();
     default_generator() = saved;
     S2H_CHECK(teacher_ != nullptr, "SdpPruner: the model copy for the frozen teacher is null");
+    teacher_->to(model_.device());
   }
   teacher_->load_state_dict(model_.state_dict());
   teacher_->train(model_.is_training());

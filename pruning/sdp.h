@@ -124,6 +124,7 @@ class SdpPruner {
   SdpPruner& operator=(const SdpPruner&) = delete;
 
   const SdpOptions& options() const { return opt_; }
+  Device device() const { return model_.device(); }
   // Dotted names: the prunable weights ("features.5.weight"; the structured
   // mode masks only rows of some of them, plus biases and norms), and the
   // excluded input layer and classifier modules.

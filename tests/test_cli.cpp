@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "data/idx.h"
+#include "kernels/cuda/runtime.h"
 #include "tests/test_util.h"
 
 namespace s2h::test {
@@ -79,6 +80,21 @@ TEST(Cli, UnknownFlagAndBadValue) {
   expect_one_line_error(run_s2h("train --bogus", tmp.path()), "--bogus");
   expect_one_line_error(run_s2h("train --epochs many", tmp.path()), "--epochs");
   expect_one_line_error(run_s2h("train --optimizer rmsprop", tmp.path()), "unknown optimizer 'rmsprop'");
+}
+
+TEST(Cli, DeviceAndPrecisionFlags) {
+  TempDir tmp;
+  expect_one_line_error(run_s2h("train --device tpu", tmp.path()), "--device: unknown device 'tpu'");
+  expect_one_line_error(run_s2h("train --precision fp8", tmp.path()), "--precision: unknown precision 'fp8'");
+  expect_one_line_error(run_s2h("train --precision bf16", tmp.path()), "--precision bf16: the CPU computes in fp32");
+  expect_one_line_error(run_s2h("eval --checkpoint x.safetensors --device gpu", tmp.path()), "--device");
+  std::string why;
+  if (cuda::device_count(&why) == 0) {
+    // No GPU (or no CUDA build): the message says so and names the flag, before any data is read.
+    expect_one_line_error(run_s2h("train --device cuda", tmp.path()), "--device cuda:");
+  } else {
+    expect_one_line_error(run_s2h("train --device cuda:99", tmp.path()), "--device cuda:99: this machine has");
+  }
 }
 
 TEST(Cli, MissingIdxFile) {

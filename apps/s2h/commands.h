@@ -43,6 +43,7 @@ struct TrainOptions {
   // running
   int threads = 0;
   std::string device = "cpu";
+  std::string precision = "fp32";
   std::string out;
   bool overwrite = false;
   bool resume = false;
@@ -100,6 +101,8 @@ struct EvalOptions {
   int batch_size = 1000;
   int threads = 0;
   int workers = 2;
+  std::string device = "cpu";
+  std::string precision = "fp32";
   bool json = false;
 };
 

@@ -15,6 +15,8 @@
 #include "data/transforms.h"
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/precision.h"
+#include "kernels/cuda/runtime.h"
 #include "models/narrow.h"
 
 namespace s2h::app {
@@ -212,11 +214,14 @@ Tensor predict_logits(Module& model, const data::SourcePtr& source, int64_t batc
   lo.batch_size = batch_size;
   lo.shuffle = false;
   lo.workers = workers;
+  const Device dev = model.device();
+  lo.pin_memory = dev.is_cuda();
   data::Loader loader(source, lo);
   loader.start();
   std::vector<Tensor> outs, labs;
   while (std::optional<data::Batch> batch = loader.next()) {
-    outs.push_back(model(batch->inputs).contiguous());
+    // Logits come back to the host in fp32 (bf16 under the bf16 policy on CUDA).
+    outs.push_back(model(batch->inputs.to(dev)).to(Device::cpu()).to(DType::F32).contiguous());
     labs.push_back(batch->labels);
   }
   model.train(was_training);
@@ -269,6 +274,46 @@ models::ModelConfig geometry_from_metadata(const std::map<std::string, std::stri
   }
   return cfg;
 }
+
+std::string device_label(Device dev) {
+  if (dev.is_cpu()) return "cpu";
+  return fmt::format("{} ({}, {})", dev.str(), cuda::device_name(dev.index), precision_name(precision()));
+}
+
+void validate_device_flags(const std::string& device, const std::string& precision) {
+  Precision prec;
+  Device dev;
+  try {
+    prec = parse_precision(precision);
+  } catch (const Error& e) {
+    S2H_FAIL("--precision: {}", e.what());
+  }
+  try {
+    dev = Device::parse(device);
+  } catch (const Error& e) {
+    S2H_FAIL("--device: {}", e.what());
+  }
+  if (dev.is_cuda()) {
+    S2H_CHECK(cuda::compiled(), "--device {}: this build has no CUDA backend (nvcc was not found when it was built)",
+              device);
+    std::string why;
+    const int n = cuda::device_count(&why);
+    S2H_CHECK(n > 0, "--device {}: no usable GPU here ({})", device, why);
+    S2H_CHECK(dev.index < n, "--device {}: this machine has {} GPU{} (cuda:0 to cuda:{})", device, n, n == 1 ? "" : "s",
+              n - 1);
+  } else {
+    S2H_CHECK(prec == Precision::FP32, "--precision {}: the CPU computes in fp32 only (use it with --device cuda)",
+              precision);
+  }
+}
+
+Device setup_device(const std::string& device, const std::string& precision) {
+  validate_device_flags(device, precision);
+  set_precision(parse_precision(precision));
+  return Device::parse(device);
+}
+
+Device setup_device(const TrainOptions& o) { return setup_device(o.device, o.precision); }
 
 int set_threads(int threads) {
   S2H_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);
@@ -429,8 +474,8 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 int64_t count_correct(const Tensor& logits, const Tensor& labels) {
-  const Tensor pred = argmax(logits.detach(), 1);
-  const Tensor lab = labels.contiguous();
+  const Tensor pred = argmax(logits.detach(), 1).to(Device::cpu());
+  const Tensor lab = labels.to(Device::cpu()).contiguous();
   const int64_t n = labels.numel();
   int64_t c = 0;
   for (int64_t i = 0; i < n; ++i) c += pred.data<int64_t>()[i] == lab.data<int64_t>()[i];

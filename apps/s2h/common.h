@@ -85,6 +85,14 @@ models::ModelConfig geometry_from_metadata(const std::map<std::string, std::stri
 
 // Sets the OpenMP/BLAS thread count (0: leave the default); returns the count in use.
 int set_threads(int threads);
+// Checks --device (parses, and a GPU is there) and --precision (fp32 only on
+// the CPU); throws naming the flag.
+void validate_device_flags(const std::string& device, const std::string& precision);
+// The device of --device, with the --precision policy set for the process.
+Device setup_device(const std::string& device, const std::string& precision);
+Device setup_device(const TrainOptions& o);
+// "cpu" or "cuda (NVIDIA H100 80GB HBM3, bf16)" for progress lines.
+std::string device_label(Device dev);
 
 // Parses an input spec ("3x32x32", "32x32" = 3 channels, "tokens64") into a
 // model geometry; throws naming the flag.
@@ -96,7 +104,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TrainOptions, model, classes, imagenet_stem, 
                                    image_size, max_len, vocab_size, cache_dir, limit_train, limit_test, workers, epochs,
                                    batch_size, eval_batch_size, optimizer, lr, momentum, nesterov, weight_decay,
                                    schedule, warmup_epochs, min_lr, step_epochs, gamma, label_smoothing, seed, threads,
-                                   device, out, overwrite, resume, checkpoint_every, log_every, quiet)
+                                   device, precision, out, overwrite, resume, checkpoint_every, log_every, quiet)
 
 // Throws the registry's message (which lists the known names) unless `name` is a model; cheap, so
 // commands call it before reading any data.

@@ -17,6 +17,9 @@ CLI::App* add_eval_command(CLI::App& app, EvalOptions& o) {
   cmd->add_option("--batch-size", o.batch_size, "Evaluation batch size")->capture_default_str();
   cmd->add_option("--threads", o.threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_option("--workers", o.workers, "Loader threads (0: inline)")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu, cuda or cuda:N")->capture_default_str();
+  cmd->add_option("--precision", o.precision, "CUDA compute precision: fp32, tf32 or bf16 (see s2h train --help)")
+      ->capture_default_str();
   cmd->add_flag("--json", o.json, "Print the result as one JSON object");
   return cmd;
 }
@@ -26,6 +29,7 @@ int run_eval(const EvalOptions& o) {
   S2H_CHECK(o.split == "test" || o.split == "train", "--split must be test or train, got '{}'", o.split);
   S2H_CHECK(o.workers >= 0, "--workers must be >= 0, got {}", o.workers);
   set_threads(o.threads);
+  const Device dev = setup_device(o.device, o.precision);
   const SafetensorsFile ckpt = load_safetensors(o.checkpoint);
   auto meta = [&](const char* key, const char* fallback = nullptr) {
     return metadata_value(ckpt.metadata, key, o.checkpoint, "model checkpoint", fallback);
@@ -35,6 +39,7 @@ int run_eval(const EvalOptions& o) {
   const bool pruned = ckpt.metadata.count("architecture") > 0;
   const models::ModelConfig cfg = geometry_from_metadata(ckpt.metadata, o.checkpoint);
   ModulePtr model = model_from_checkpoint(ckpt, o.checkpoint);
+  model->to(dev);
   DataOptions dopt;
   dopt.name = dataset;
   dopt.root = o.data_root.empty() ? meta("data_root", "") : o.data_root;

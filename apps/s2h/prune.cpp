@@ -110,7 +110,7 @@ void recalibrate(Module& model, data::Loader& loader, int64_t batches, int64_t e
   loader.set_epoch(epoch_tag);
   loader.start();
   while (std::optional<data::Batch> b = loader.next()) {
-    recal.step(b->inputs);
+    recal.step(b->inputs.to(model.device()));
     if (recal.batches() >= batches) break;
   }
   loader.set_epoch(epoch_tag);  // stops the prefetching
@@ -267,6 +267,10 @@ int run_structured(const PruneOptions& o, const std::string& out) {
   so.mask_weight_decay = o.mask_weight_decay;
   so.order_every = o.order_every;
   so.label_smoothing = t.label_smoothing;
+  // The network moves to the device; the FLOPs model (traced above) and the
+  // mask logits stay on the host, where they are small.
+  const Device dev = setup_device(t);
+  model->to(dev);
   pruning::S2HPruner pruner(*model, flops, masks, so);
   const bool masked = o.method == "s2h" || o.method == "soft-only";
 
@@ -275,6 +279,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
   lo.shuffle = true;
   lo.seed = t.seed;
   lo.workers = t.workers;
+  lo.pin_memory = dev.is_cuda();
   data::Loader loader(data.train, lo);
   data::Loader recal_loader(data.train, lo);
   const int64_t spe = loader.num_batches();
@@ -328,6 +333,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
     while (std::optional<data::Batch> batch = loader.next()) {
       const double lr = sched.at(step);
       const int64_t n = batch->labels.numel();
+      const Tensor inputs = batch->inputs.to(dev), labels = batch->labels.to(dev);
       pruning::StepStats st;
       std::string phase;
       if (!masked && step == dense_steps) {
@@ -349,6 +355,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
           }
         }
         pruned = pruning::extract(t.model, cfg, *model, sel);
+        pruned->to(dev);
         pruned_before_ft_acc = evaluate(*pruned, data.test, t.eval_batch_size, t.workers).accuracy;
         optim = make_optimizer(t, pruned->parameters());
         log.write({{"kind", "prune"}, {"step", step}, {"dense_test_acc", dense_acc},
@@ -362,24 +369,24 @@ int run_structured(const PruneOptions& o, const std::string& out) {
       optim->set_lr(lr);
       if (pruned) {
         phase = "finetune";
-        const Tensor logits = (*pruned)(batch->inputs);
-        const Tensor loss = cross_entropy(logits, batch->labels, t.label_smoothing);
+        const Tensor logits = (*pruned)(inputs);
+        const Tensor loss = cross_entropy(logits, labels, t.label_smoothing);
         optim->zero_grad();
         loss.backward();
         optim->step();
         st.loss = st.hard_loss = loss.item();
-        st.hard_acc = static_cast<double>(count_correct(logits, batch->labels)) / static_cast<double>(n);
+        st.hard_acc = static_cast<double>(count_correct(logits, labels)) / static_cast<double>(n);
         st.flops_hard = st.flops_expected = flops.at_widths(fixed_widths, scope) / flops.full(scope);
       } else if (step < dense_steps) {
         phase = "dense";
-        st = pruner.dense_step(batch->inputs, batch->labels, *optim);
+        st = pruner.dense_step(inputs, labels, *optim);
         st.hard_acc = st.soft_acc;
       } else if (step >= hard_from) {
         phase = "hard";
-        st = pruner.hard_step(batch->inputs, batch->labels, *optim);
+        st = pruner.hard_step(inputs, labels, *optim);
       } else {
         phase = "masked";
-        st = pruner.step(batch->inputs, batch->labels, *optim, lr / t.lr);
+        st = pruner.step(inputs, labels, *optim, lr / t.lr);
       }
       S2H_CHECK(std::isfinite(st.loss), "training diverged: the loss is {} at epoch {}, step {} (lower --lr?)",
                 st.loss, epoch + 1, step + 1);
@@ -477,6 +484,7 @@ int run_structured(const PruneOptions& o, const std::string& out) {
     pruner.set_soft_masks(false);
     soft_acc = logits_accuracy(soft_logits, labels);
     net = pruning::extract(t.model, cfg, *model, sel);
+    net->to(dev);
     recalibrate(*net, recal_loader, o.bn_batches, 999999);
   } else {
     budget.widths = fixed_widths;

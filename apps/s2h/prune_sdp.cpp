@@ -54,7 +54,7 @@ double fisher_on(pruning::SdpPruner& pruner, const data::SourcePtr& source, int6
   std::vector<int64_t> labels;
   int64_t d = 0;
   while (std::optional<data::Batch> b = loader.next()) {
-    const Tensor f = pruner.features(b->inputs);
+    const Tensor f = pruner.features(b->inputs.to(pruner.device()));
     d = f.size(1);
     const std::vector<float> v = f.to_vector<float>();
     feats.insert(feats.end(), v.begin(), v.end());
@@ -89,7 +89,8 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
   manual_seed(t.seed);
   ModulePtr model = models::make_model(t.model, cfg);
   if (!o.init.empty()) load_init_weights(*model, o.init, t.model);
-
+  const Device dev = setup_device(t);
+  model->to(dev);
   model->train();
 
   // One test sample finds the input layer and the classifier.
@@ -99,7 +100,7 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
     lo.batch_size = 2;
     lo.shuffle = false;
     lo.workers = 0;
-    example = data::Loader(data.test, lo).batch(0).inputs;
+    example = data::Loader(data.test, lo).batch(0).inputs.to(dev);
   }
   pruning::SdpPruner pruner(*model, so, example, [&] { return models::make_model(t.model, cfg); });
 
@@ -108,6 +109,7 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
   lo.shuffle = true;
   lo.seed = t.seed;
   lo.workers = t.workers;
+  lo.pin_memory = dev.is_cuda();
   data::Loader loader(data.train, lo);
   const int64_t steps_per_epoch = loader.num_batches();
   const int64_t total_steps = steps_per_epoch * t.epochs;
@@ -204,7 +206,7 @@ int run_prune_sdp(const PruneOptions& o, const std::string& out) {
       }
       const double lr = sched.at(step);
       optim->set_lr(lr);
-      const pruning::SdpStepStats st = pruner.train_step(batch->inputs, batch->labels, *optim);
+      const pruning::SdpStepStats st = pruner.train_step(batch->inputs.to(dev), batch->labels.to(dev), *optim);
       S2H_CHECK(std::isfinite(st.loss), "training diverged: the loss is {} at epoch {}, step {} (lower --lr?)", st.loss,
                 epoch + 1, step + 1);
       const int64_t n = batch->labels.numel();

@@ -31,7 +31,7 @@ constexpr const char* kModelFile = "model.safetensors";       // the final model
 constexpr const char* kStateFormat = "s2h-train-state-v1";
 // Options a resumed run may change: they do not affect the numbers.
 const std::set<std::string> kResumeMayChange = {"help", "threads", "workers", "quiet", "resume", "out", "overwrite", "config",
-                                                "eval_batch_size", "data_root", "cache_dir"};
+                                                "eval_batch_size", "data_root", "cache_dir", "device"};
 }  // namespace
 
 CLI::App* add_train_command(CLI::App& app, TrainOptions& o) {
@@ -109,13 +109,19 @@ void add_training_flags(CLI::App* cmd, TrainOptions& o, bool resume) {
       ->capture_default_str()->group("Optimisation");
 
   cmd->add_option("--threads", o.threads, "CPU threads for compute (0: all cores)")->capture_default_str()->group("Run");
-  cmd->add_option("--device", o.device, "cpu (cuda arrives with the CUDA backend)")->capture_default_str()->group("Run");
+  cmd->add_option("--device", o.device, "cpu, cuda or cuda:N (the model, its gradients and the optimiser state live there)")
+      ->capture_default_str()->group("Run");
+  cmd->add_option("--precision", o.precision,
+                  "CUDA compute precision: fp32, tf32 (fp32 tensors, TF32 tensor-core GEMMs/convolutions) or bf16 "
+                  "(bf16 activations and GEMM/conv inputs with fp32 accumulation; weights, optimiser state, losses and "
+                  "norm statistics stay fp32). The CPU computes in fp32")
+      ->capture_default_str()->group("Run");
   cmd->add_option("--out", o.out, "Output folder (default: runs/<model>-<data>-<date-time>)")->group("Run");
   cmd->add_flag("--overwrite", o.overwrite, "Start afresh in an --out folder that already holds a run")->group("Run");
   if (resume) {
     cmd->add_flag("--resume", o.resume,
                   "Continue the run in --out from its last checkpoint (same config; only --threads, --workers, "
-                  "--eval-batch-size, --data-root, --cache-dir and --quiet may change)")
+                  "--eval-batch-size, --data-root, --cache-dir, --device and --quiet may change)")
         ->group("Run");
     cmd->add_option("--checkpoint-every", o.checkpoint_every,
                     "Write the resumable state (checkpoint.safetensors) every N epochs (0: only at the end)")
@@ -188,8 +194,7 @@ void validate_training_options(const TrainOptions& o) {
   S2H_CHECK(!(o.resume && o.overwrite), "--resume and --overwrite contradict each other");
   S2H_CHECK(!o.resume || !o.out.empty(), "--resume needs --out, the folder of the run to continue");
   LrSchedule::parse_kind(o.schedule);
-  const Device dev = Device::parse(o.device);
-  S2H_CHECK(dev.is_cpu(), "--device {}: this build has the CPU backend only", o.device);
+  validate_device_flags(o.device, o.precision);
 }
 
 namespace {
@@ -333,8 +338,10 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   const double load_s = seconds_since(t_load);
   const models::ModelConfig cfg = model_config(o, data);
 
+  const Device dev = setup_device(o);
   manual_seed(o.seed);
   ModulePtr model = models::make_model(o.model, cfg);
+  model->to(dev);
   model->train();
 
   std::error_code ec;
@@ -346,6 +353,7 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   lo.shuffle = true;
   lo.seed = o.seed;
   lo.workers = o.workers;
+  lo.pin_memory = dev.is_cuda();
   data::Loader loader(data.train, lo);
   const int64_t steps_per_epoch = loader.num_batches();
   const LrSchedule sched = make_schedule(o, steps_per_epoch);
@@ -383,10 +391,11 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
   if (!o.quiet) {
     std::fprintf(stderr,
                  "s2h train: %s on %s (%lld train / %lld %s samples, loaded in %.1fs), %lld parameters, %d threads, "
-                 "%d loader workers -> %s\n",
+                 "%d loader workers, %s -> %s\n",
                  o.model.c_str(), o.data.c_str(), static_cast<long long>(data.train->size()),
                  static_cast<long long>(data.test->size()), data.test_split.c_str(), load_s,
-                 static_cast<long long>(model->num_parameters()), threads, o.workers, out.c_str());
+                 static_cast<long long>(model->num_parameters()), threads, o.workers, device_label(dev).c_str(),
+                 out.c_str());
     if (!data.note.empty()) std::fprintf(stderr, "%s\n", data.note.c_str());
     if (o.resume)
       std::fprintf(stderr, "resuming after epoch %d (step %lld) from %s\n", st.epoch, static_cast<long long>(st.step),
@@ -402,32 +411,45 @@ int run_train(const TrainOptions& given, const CLI::App& cmd) {
     const auto t_epoch = std::chrono::steady_clock::now();
     double loss_sum = 0;
     int64_t correct = 0, seen = 0;
-    while (std::optional<data::Batch> batch = loader.next()) {
-      const int64_t b = batch->index;
-      const double lr = sched.at(st.step);
-      optim->set_lr(lr);
-      const Tensor logits = (*model)(batch->inputs);
-      const Tensor loss = cross_entropy(logits, batch->labels, o.label_smoothing);
-      optim->zero_grad();
-      loss.backward();
-      optim->step();
-
-      const int64_t n = batch->labels.numel();
-      const double loss_v = loss.item();
+    // The host reads a step's loss and accuracy only after it has queued the
+    // next step, so that on a GPU the reading never leaves the device idle.
+    struct Done {
+      Tensor loss, logits, labels;
+      int64_t index, step;
+      double lr;
+    };
+    std::optional<Done> done;
+    auto account = [&](const Done& d) {
+      const int64_t n = d.labels.numel();
+      const double loss_v = d.loss.item();
       S2H_CHECK(std::isfinite(loss_v), "training diverged: the loss is {} at epoch {}, step {} (lower --lr?)", loss_v,
-                epoch + 1, b + 1);
-      const int64_t c = count_correct(logits, batch->labels);
+                epoch + 1, d.index + 1);
+      const int64_t c = count_correct(d.logits, d.labels);
       loss_sum += loss_v * static_cast<double>(n);
       correct += c;
       seen += n;
-      ++st.step;
       const double ips = static_cast<double>(seen) / seconds_since(t_epoch);
-      progress.update(b + 1, loss_sum / static_cast<double>(seen), static_cast<double>(correct) / static_cast<double>(seen),
-                      ips);
-      if (st.step % o.log_every == 0)
-        log.write({{"kind", "step"}, {"epoch", epoch + 1}, {"step", st.step}, {"lr", lr}, {"loss", loss_v},
+      progress.update(d.index + 1, loss_sum / static_cast<double>(seen),
+                      static_cast<double>(correct) / static_cast<double>(seen), ips);
+      if (d.step % o.log_every == 0)
+        log.write({{"kind", "step"}, {"epoch", epoch + 1}, {"step", d.step}, {"lr", d.lr}, {"loss", loss_v},
                    {"acc", static_cast<double>(c) / static_cast<double>(n)}, {"images_per_s", ips}});
+    };
+    while (std::optional<data::Batch> batch = loader.next()) {
+      const double lr = sched.at(st.step);
+      optim->set_lr(lr);
+      const Tensor inputs = batch->inputs.to(dev), labels = batch->labels.to(dev);
+      const Tensor logits = (*model)(inputs);
+      const Tensor loss = cross_entropy(logits, labels, o.label_smoothing);
+      optim->zero_grad();
+      loss.backward();
+      optim->step();
+      ++st.step;
+      Done now{loss.detach(), logits.detach(), labels, batch->index, st.step, lr};
+      if (done) account(*done);
+      done = std::move(now);
     }
+    if (done) account(*done);
     progress.finish();
     const double train_s = seconds_since(t_epoch);
     const EvalResult ev = evaluate(*model, data.test, o.eval_batch_size, o.workers);

@@ -59,6 +59,8 @@ __global__ void scale_kernel(T* x, float alpha, int64_t n) {
     x[i] = from_f<T>(alpha * to_f(x[i]));
 }
 
+__global__ void add_i64_kernel(int64_t* counter, int64_t delta) { *counter += delta; }
+
 template <class Fn>
 void dispatch_any(DType t, Fn&& fn) {
   switch (t) {
@@ -153,6 +155,11 @@ void scale(void* x, DType dtype, int64_t n, double alpha, Stream stream) {
     scale_kernel<T><<<grid_for(n), 256, 0, stream>>>(static_cast<T*>(x), static_cast<float>(alpha), n);
     CUDA_CHECK_LAUNCH("scale");
   });
+}
+
+void add_i64(int64_t* counter, int64_t delta, Stream stream) {
+  add_i64_kernel<<<1, 1, 0, stream>>>(counter, delta);
+  CUDA_CHECK_LAUNCH("add_i64");
 }
 
 }  // namespace s2h::cuda

@@ -21,4 +21,7 @@ void axpy(void* y, const void* x, DType dtype, int64_t n, double alpha, Stream s
 // x[i] *= alpha for n contiguous f32 or bf16 elements.
 void scale(void* x, DType dtype, int64_t n, double alpha, Stream stream);
 
+// *counter += delta for one i64 on the device (BatchNorm's num_batches_tracked).
+void add_i64(int64_t* counter, int64_t delta, Stream stream);
+
 }  // namespace s2h::cuda

@@ -5,6 +5,8 @@
 
 #include <cstdlib>
 #include <deque>
+#include <map>
+#include <unordered_map>
 #include <mutex>
 #include <vector>
 
@@ -166,14 +168,44 @@ PoolStats pool_stats(int device) {
   return st;
 }
 
+// Pinned blocks are cached by (rounded) size: cudaMallocHost is slow and
+// cudaFreeHost synchronises the whole device, and the loader asks for
+// batches of the same few sizes over and over.
+namespace {
+std::mutex g_pinned_mutex;
+std::multimap<size_t, void*> g_pinned_free;     // size -> block, free
+std::unordered_map<void*, size_t> g_pinned_size;  // every block handed out or free
+
+size_t pinned_round(size_t n) {
+  constexpr size_t kGrain = size_t{1} << 16;
+  return n == 0 ? kGrain : (n + kGrain - 1) / kGrain * kGrain;
+}
+}  // namespace
+
 void* pinned_alloc(size_t nbytes) {
+  const size_t size = pinned_round(nbytes);
+  {
+    std::lock_guard<std::mutex> lock(g_pinned_mutex);
+    auto it = g_pinned_free.find(size);
+    if (it != g_pinned_free.end()) {
+      void* p = it->second;
+      g_pinned_free.erase(it);
+      return p;
+    }
+  }
   void* p = nullptr;
-  CUDA_CHECK(cudaMallocHost(&p, nbytes == 0 ? 64 : nbytes));
+  CUDA_CHECK(cudaMallocHost(&p, size));
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  g_pinned_size[p] = size;
   return p;
 }
 
 void pinned_free(void* p) noexcept {
-  if (p && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(g_pinned_mutex);
+  auto it = g_pinned_size.find(p);
+  if (it == g_pinned_size.end()) return;  // not ours; never happens
+  g_pinned_free.emplace(it->second, p);
 }
 
 void copy_to_device(void* dst, const void* src, size_t nbytes, int device, bool src_pinned,
