@@ -63,6 +63,7 @@ Tensor record(Tensor out, const char* name, const std::vector<Tensor>& inputs, B
   if (!any_requires_grad(inputs)) return out;
   auto node = std::make_shared<Node>();
   node->name = name;
+  node->out_dtype = out.dtype();
   node->backward = std::move(fn);
   for (const Tensor& t : inputs) {
     node->inputs.push_back(t.defined() && t.requires_grad() ? t.impl().autograd : nullptr);
@@ -143,6 +144,7 @@ void Tensor::backward(const Tensor& gradient, const std::vector<Tensor>& inputs)
     auto found = grads.find(node);
     if (found == grads.end()) continue;  // no gradient reached this node
     Tensor g = std::move(found->second).contiguous();
+    if (g.dtype() != node->out_dtype) g = g.to(node->out_dtype);
     grads.erase(found);
     if (restricted && !useful.count(node)) continue;
     std::vector<Tensor> in_grads = node->backward(g);

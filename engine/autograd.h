@@ -43,6 +43,10 @@ struct Node {
   // input does not require grad.
   std::vector<std::shared_ptr<AutogradMeta>> inputs;
   std::vector<Shape> input_shapes;
+  // The output's dtype: the gradient handed to `backward` is cast to it (two
+  // consumers of a bf16 activation may send back a bf16 and an fp32 gradient,
+  // whose sum is fp32).
+  DType out_dtype = DType::F32;
   BackwardFn backward;
 };
 

@@ -4,6 +4,10 @@
 
 #include "engine/ops_util.h"
 #include "kernels/cpu/elementwise.h"
+#include "kernels/cuda/elementwise.h"
+#if S2H_HAVE_CUDA
+#include "kernels/cuda/runtime.h"
+#endif
 
 namespace s2h {
 
@@ -42,19 +46,50 @@ Shape broadcast_strides(const Shape& shape, const Shape& out_shape) {
 }  // namespace detail
 
 using detail::data_of;
+using cuda::BinaryOp;
+using cuda::UnaryOp;
 
 namespace {
 
-// out = f(a, b) with broadcasting.
+// CUDA tensors are computed by kernels; a CUDA tensor cannot exist in a build
+// without the backend, so this never fires there.
+[[noreturn]] [[maybe_unused]] void no_cuda(const char* op) {
+  S2H_FAIL("{}: this build has no CUDA backend", op);
+}
+
+// On CUDA, bf16 with f32 computes in f32: the bf16 operand is cast (the cast
+// is an autograd op, so its gradient comes back as bf16). The CPU keeps its
+// same-dtype rule (broadcast_map checks it).
+void promote_mixed(Tensor& a, Tensor& b) {
+  if (!a.defined() || !b.defined() || a.dtype() == b.dtype()) return;
+  if (!a.device().is_cuda() || !b.device().is_cuda()) return;
+  auto gpu_float = [](DType t) { return t == DType::F32 || t == DType::BF16; };
+  if (!gpu_float(a.dtype()) || !gpu_float(b.dtype())) return;  // check_compute names the bad one
+  if (a.dtype() != DType::F32) a = a.to(DType::F32);
+  if (b.dtype() != DType::F32) b = b.to(DType::F32);
+}
+
+// out = f(a, b) with broadcasting (`op` names f for the CUDA kernel).
 template <class F>
-Tensor broadcast_map(const Tensor& a, const Tensor& b, const char* name, F f) {
+Tensor broadcast_map(const Tensor& a, const Tensor& b, const char* name, BinaryOp op, F f) {
   detail::check_compute(a, name, "first operand");
   detail::check_compute(b, name, "second operand");
+  detail::check_same_device(a, b, name);
   detail::check_same_dtype(a, b, name);
   const Shape out_shape = broadcast_shapes(a.shape(), b.shape(), name);
   Tensor ad = data_of(a), bd = data_of(b);
-  Tensor out = Tensor::empty(out_shape, a.dtype());
-  const Shape sa = detail::broadcast_strides(a.shape(), out_shape), sb = detail::broadcast_strides(b.shape(), out_shape);
+  Tensor out = Tensor::empty(out_shape, a.dtype(), a.device());
+  const Shape sa = detail::broadcast_strides(a.shape(), out_shape);
+  const Shape sb = detail::broadcast_strides(b.shape(), out_shape);
+  if (a.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::binary(op, ad.raw_data(), sa.data(), bd.raw_data(), sb.data(), out.raw_data(), a.dtype(), out_shape.data(),
+                 static_cast<int>(out_shape.size()), cuda::stream(a.device().index));
+    return out;
+#else
+    no_cuda(name);
+#endif
+  }
   dispatch_float(a.dtype(), name, [&]<typename T>() {
     cpu::broadcast2<T>(ad.data<T>(), sa.data(), bd.data<T>(), sb.data(), out.data<T>(), out_shape.data(),
                        static_cast<int>(out_shape.size()), f);
@@ -62,17 +97,39 @@ Tensor broadcast_map(const Tensor& a, const Tensor& b, const char* name, F f) {
   return out;
 }
 
-// An elementwise unary op y = fwd(x) with dx = bwd(x, y, dy).
+// An elementwise unary op y = fwd(x) with dx = bwd(x, y, dy). The CPU runs
+// the lambdas; CUDA runs the kernel of `op` (with the scalar `param`), whose
+// formulas are the same.
 template <class Fwd, class Bwd>
-Tensor unary(const Tensor& x, const char* name, Fwd fwd, Bwd bwd) {
+Tensor unary(const Tensor& x, const char* name, UnaryOp op, double param, Fwd fwd, Bwd bwd) {
   detail::check_compute(x, name, "input");
   Tensor xd = data_of(x);
-  Tensor out = Tensor::empty(x.shape(), x.dtype());
-  dispatch_float(x.dtype(), name, [&]<typename T>() { cpu::map1<T>(xd.data<T>(), out.data<T>(), xd.numel(), fwd); });
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::unary_forward(op, param, xd.raw_data(), out.raw_data(), x.dtype(), xd.numel(),
+                        cuda::stream(x.device().index));
+#else
+    no_cuda(name);
+#endif
+  } else {
+    dispatch_float(x.dtype(), name, [&]<typename T>() { cpu::map1<T>(xd.data<T>(), out.data<T>(), xd.numel(), fwd); });
+  }
   if (!detail::wants_grad(x)) return out;
   Tensor yd = out.detach();
-  return record(out, name, {x}, [xd, yd, bwd, name](const Tensor& g) {
-    Tensor gx = Tensor::empty(xd.shape(), xd.dtype());
+  return record(out, name, {x}, [xd, yd, bwd, name, op, param](const Tensor& g) {
+    Tensor gx = Tensor::empty(xd.shape(), xd.dtype(), xd.device());
+    if (xd.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+      // The gradient of a bf16 output may come back in f32 (e.g. after a mixed add): x's dtype it is.
+      Tensor gd = g.dtype() == xd.dtype() ? g : g.to(xd.dtype()).contiguous();
+      cuda::unary_backward(op, param, xd.raw_data(), yd.raw_data(), gd.raw_data(), gx.raw_data(), xd.dtype(),
+                           xd.numel(), cuda::stream(xd.device().index));
+#else
+      no_cuda(name);
+#endif
+      return std::vector<Tensor>{gx};
+    }
     dispatch_float(xd.dtype(), name, [&]<typename T>() {
       cpu::map3<T>(xd.data<T>(), yd.data<T>(), g.data<T>(), gx.data<T>(), xd.numel(), bwd);
     });
@@ -83,24 +140,30 @@ Tensor unary(const Tensor& x, const char* name, Fwd fwd, Bwd bwd) {
 }  // namespace
 
 // ------------------------------------------------------------------ binary
-Tensor add(const Tensor& a, const Tensor& b) {
-  Tensor out = broadcast_map(a, b, "add", [](auto x, auto y) { return x + y; });
+Tensor add(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;
+  promote_mixed(a, b);
+  Tensor out = broadcast_map(a, b, "add", BinaryOp::Add, [](auto x, auto y) { return x + y; });
   const Shape sa = a.shape(), sb = b.shape();
   return record(out, "add", {a, b}, [sa, sb](const Tensor& g) {
     return std::vector<Tensor>{sum_to(g, sa), sum_to(g, sb)};
   });
 }
 
-Tensor sub(const Tensor& a, const Tensor& b) {
-  Tensor out = broadcast_map(a, b, "sub", [](auto x, auto y) { return x - y; });
+Tensor sub(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;
+  promote_mixed(a, b);
+  Tensor out = broadcast_map(a, b, "sub", BinaryOp::Sub, [](auto x, auto y) { return x - y; });
   const Shape sa = a.shape(), sb = b.shape();
   return record(out, "sub", {a, b}, [sa, sb](const Tensor& g) {
     return std::vector<Tensor>{sum_to(g, sa), sum_to(neg(g), sb)};
   });
 }
 
-Tensor mul(const Tensor& a, const Tensor& b) {
-  Tensor out = broadcast_map(a, b, "mul", [](auto x, auto y) { return x * y; });
+Tensor mul(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;
+  promote_mixed(a, b);
+  Tensor out = broadcast_map(a, b, "mul", BinaryOp::Mul, [](auto x, auto y) { return x * y; });
   if (!any_requires_grad({a, b})) return out;
   Tensor ad = a.detach(), bd = b.detach();
   const bool ga = detail::wants_grad(a), gb = detail::wants_grad(b);
@@ -110,8 +173,10 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor div(const Tensor& a, const Tensor& b) {
-  Tensor out = broadcast_map(a, b, "div", [](auto x, auto y) { return x / y; });
+Tensor div(const Tensor& a_in, const Tensor& b_in) {
+  Tensor a = a_in, b = b_in;
+  promote_mixed(a, b);
+  Tensor out = broadcast_map(a, b, "div", BinaryOp::Div, [](auto x, auto y) { return x / y; });
   if (!any_requires_grad({a, b})) return out;
   Tensor ad = a.detach(), bd = b.detach(), yd = out.detach();
   const bool ga = detail::wants_grad(a), gb = detail::wants_grad(b);
@@ -125,31 +190,32 @@ Tensor div(const Tensor& a, const Tensor& b) {
 // ------------------------------------------------------------------ scalar
 Tensor add_scalar(const Tensor& a, double s) {
   return unary(
-      a, "add_scalar", [s](auto x) { return x + static_cast<decltype(x)>(s); },
+      a, "add_scalar", UnaryOp::AddScalar, s, [s](auto x) { return x + static_cast<decltype(x)>(s); },
       [](auto, auto, auto g) { return g; });
 }
 
 Tensor mul_scalar(const Tensor& a, double s) {
   return unary(
-      a, "mul_scalar", [s](auto x) { return x * static_cast<decltype(x)>(s); },
+      a, "mul_scalar", UnaryOp::MulScalar, s, [s](auto x) { return x * static_cast<decltype(x)>(s); },
       [s](auto, auto, auto g) { return g * static_cast<decltype(g)>(s); });
 }
 
 Tensor rsub_scalar(const Tensor& a, double s) {
   return unary(
-      a, "rsub_scalar", [s](auto x) { return static_cast<decltype(x)>(s) - x; },
+      a, "rsub_scalar", UnaryOp::RsubScalar, s, [s](auto x) { return static_cast<decltype(x)>(s) - x; },
       [](auto, auto, auto g) { return -g; });
 }
 
 Tensor rdiv_scalar(const Tensor& a, double s) {
   return unary(
-      a, "rdiv_scalar", [s](auto x) { return static_cast<decltype(x)>(s) / x; },
+      a, "rdiv_scalar", UnaryOp::RdivScalar, s, [s](auto x) { return static_cast<decltype(x)>(s) / x; },
       [](auto x, auto y, auto g) { return -g * y / x; });
 }
 
 Tensor pow_scalar(const Tensor& a, double p) {
   return unary(
-      a, "pow_scalar", [p](auto x) { return static_cast<decltype(x)>(std::pow(x, static_cast<decltype(x)>(p))); },
+      a, "pow_scalar", UnaryOp::PowScalar, p,
+      [p](auto x) { return static_cast<decltype(x)>(std::pow(x, static_cast<decltype(x)>(p))); },
       [p](auto x, auto, auto g) {
         using T = decltype(x);
         return g * static_cast<T>(p) * static_cast<T>(std::pow(x, static_cast<T>(p - 1)));
@@ -157,32 +223,35 @@ Tensor pow_scalar(const Tensor& a, double p) {
 }
 
 Tensor neg(const Tensor& a) {
-  return unary(a, "neg", [](auto x) { return -x; }, [](auto, auto, auto g) { return -g; });
+  return unary(
+      a, "neg", UnaryOp::Neg, 0.0, [](auto x) { return -x; }, [](auto, auto, auto g) { return -g; });
 }
 
 Tensor exp(const Tensor& a) {
-  return unary(a, "exp", [](auto x) { return std::exp(x); }, [](auto, auto y, auto g) { return g * y; });
+  return unary(
+      a, "exp", UnaryOp::Exp, 0.0, [](auto x) { return std::exp(x); }, [](auto, auto y, auto g) { return g * y; });
 }
 
 Tensor log(const Tensor& a) {
-  return unary(a, "log", [](auto x) { return std::log(x); }, [](auto x, auto, auto g) { return g / x; });
+  return unary(
+      a, "log", UnaryOp::Log, 0.0, [](auto x) { return std::log(x); }, [](auto x, auto, auto g) { return g / x; });
 }
 
 Tensor sqrt(const Tensor& a) {
   return unary(
-      a, "sqrt", [](auto x) { return std::sqrt(x); },
+      a, "sqrt", UnaryOp::Sqrt, 0.0, [](auto x) { return std::sqrt(x); },
       [](auto, auto y, auto g) { return g / (static_cast<decltype(y)>(2) * y); });
 }
 
 Tensor square(const Tensor& a) {
   return unary(
-      a, "square", [](auto x) { return x * x; },
+      a, "square", UnaryOp::Square, 0.0, [](auto x) { return x * x; },
       [](auto x, auto, auto g) { return static_cast<decltype(x)>(2) * x * g; });
 }
 
 Tensor abs(const Tensor& a) {
   return unary(
-      a, "abs", [](auto x) { return std::abs(x); },
+      a, "abs", UnaryOp::Abs, 0.0, [](auto x) { return std::abs(x); },
       [](auto x, auto, auto g) {
         using T = decltype(x);
         return x > T(0) ? g : (x < T(0) ? -g : T(0));
@@ -192,13 +261,13 @@ Tensor abs(const Tensor& a) {
 // ------------------------------------------------------------------ activations
 Tensor relu(const Tensor& x) {
   return unary(
-      x, "relu", [](auto v) { return v > decltype(v)(0) ? v : decltype(v)(0); },
+      x, "relu", UnaryOp::Relu, 0.0, [](auto v) { return v > decltype(v)(0) ? v : decltype(v)(0); },
       [](auto v, auto, auto g) { return v > decltype(v)(0) ? g : decltype(v)(0); });
 }
 
 Tensor relu6(const Tensor& x) {
   return unary(
-      x, "relu6", [](auto v) { return std::min(std::max(v, decltype(v)(0)), decltype(v)(6)); },
+      x, "relu6", UnaryOp::Relu6, 0.0, [](auto v) { return std::min(std::max(v, decltype(v)(0)), decltype(v)(6)); },
       [](auto v, auto, auto g) {
         using T = decltype(v);
         return (v > T(0) && v < T(6)) ? g : T(0);
@@ -207,7 +276,7 @@ Tensor relu6(const Tensor& x) {
 
 Tensor hardsigmoid(const Tensor& x) {
   return unary(
-      x, "hardsigmoid",
+      x, "hardsigmoid", UnaryOp::Hardsigmoid, 0.0,
       [](auto v) {
         using T = decltype(v);
         return std::min(std::max(v + T(3), T(0)), T(6)) / T(6);
@@ -220,7 +289,7 @@ Tensor hardsigmoid(const Tensor& x) {
 
 Tensor hardswish(const Tensor& x) {
   return unary(
-      x, "hardswish",
+      x, "hardswish", UnaryOp::Hardswish, 0.0,
       [](auto v) {
         using T = decltype(v);
         return v * std::min(std::max(v + T(3), T(0)), T(6)) / T(6);
@@ -236,7 +305,7 @@ Tensor hardswish(const Tensor& x) {
 Tensor gelu(const Tensor& x, bool approximate) {
   if (!approximate) {
     return unary(
-        x, "gelu",
+        x, "gelu", UnaryOp::Gelu, 0.0,
         [](auto v) {
           using T = decltype(v);
           return T(0.5) * v * (T(1) + std::erf(v * T(std::numbers::sqrt2 / 2)));
@@ -249,7 +318,7 @@ Tensor gelu(const Tensor& x, bool approximate) {
         });
   }
   return unary(
-      x, "gelu_tanh",
+      x, "gelu_tanh", UnaryOp::GeluTanh, 0.0,
       [](auto v) {
         using T = decltype(v);
         const T k = T(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);  // sqrt(2/pi)
@@ -265,13 +334,13 @@ Tensor gelu(const Tensor& x, bool approximate) {
 
 Tensor sigmoid(const Tensor& x) {
   return unary(
-      x, "sigmoid", [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); },
+      x, "sigmoid", UnaryOp::Sigmoid, 0.0, [](auto v) { return decltype(v)(1) / (decltype(v)(1) + std::exp(-v)); },
       [](auto, auto y, auto g) { return g * y * (decltype(y)(1) - y); });
 }
 
 Tensor tanh(const Tensor& x) {
   return unary(
-      x, "tanh", [](auto v) { return std::tanh(v); },
+      x, "tanh", UnaryOp::Tanh, 0.0, [](auto v) { return std::tanh(v); },
       [](auto, auto y, auto g) { return g * (decltype(y)(1) - y * y); });
 }
 

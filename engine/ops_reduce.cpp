@@ -4,6 +4,10 @@
 
 #include "engine/ops_util.h"
 #include "kernels/cpu/reduce.h"
+#include "kernels/cuda/reduce.h"
+#if S2H_HAVE_CUDA
+#include "kernels/cuda/runtime.h"
+#endif
 
 namespace s2h {
 
@@ -19,12 +23,85 @@ std::vector<int64_t> normalized_axes(const std::vector<int64_t>& axes, int64_t n
   return out;
 }
 
+#if S2H_HAVE_CUDA
+// out[o, i] = sum_m x[o, m, i] over the contiguous [outer, mid, inner] data
+// of x, on x's GPU (scratch for a split middle axis allocated here).
+void cuda_sum_middle(const Tensor& x, const Tensor& out, int64_t outer, int64_t mid, int64_t inner) {
+  const size_t scratch_bytes = cuda::sum_middle_scratch_bytes(outer, mid, inner);
+  Tensor scratch;
+  if (scratch_bytes > 0)
+    scratch = Tensor::empty({static_cast<int64_t>((scratch_bytes + sizeof(float) - 1) / sizeof(float))}, DType::F32,
+                            x.device());
+  cuda::sum_middle(x.raw_data(), x.dtype(), out.raw_data(), out.dtype(), outer, mid, inner,
+                   scratch.defined() ? scratch.raw_data() : nullptr, cuda::stream(x.device().index));
+}
+
+// The CUDA side of sum_keepdim_data: no permuting copy. Size-1 axes are
+// dropped and neighbouring axes that are all kept or all reduced merge, which
+// leaves alternating kept / reduced extents; each reduced extent is one
+// [outer, mid, inner] pass, the last one first. Passes before the final one
+// write fp32 (a bf16 input is rounded once, at the end).
+Tensor cuda_sum_keepdim(const Tensor& x, const std::vector<int64_t>& axes, const Shape& kept_shape) {
+  std::vector<int64_t> extent;
+  std::vector<bool> reduced;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    const int64_t s = x.shape()[d];
+    if (s == 1) continue;
+    const bool r = std::binary_search(axes.begin(), axes.end(), d);
+    if (!extent.empty() && reduced.back() == r) {
+      extent.back() *= s;
+    } else {
+      extent.push_back(s);
+      reduced.push_back(r);
+    }
+  }
+  Tensor cur = data_of(x);
+  Tensor out = Tensor::empty(kept_shape, x.dtype(), x.device());
+  int64_t last = -1;  // the last reduced extent
+  for (size_t k = 0; k < extent.size(); ++k)
+    if (reduced[k]) last = static_cast<int64_t>(k);
+  if (last < 0) {  // nothing to add up: every reduced axis has size 1
+    out.copy_(cur.reshape(kept_shape));
+    return out;
+  }
+  while (last >= 0) {
+    int64_t outer = 1, inner = 1;
+    for (int64_t k = 0; k < last; ++k) outer *= extent[k];
+    for (size_t k = static_cast<size_t>(last) + 1; k < extent.size(); ++k) inner *= extent[k];
+    const int64_t mid = extent[last];
+    // Drop the extent just reduced; the kept ones around it become one.
+    extent.erase(extent.begin() + last);
+    reduced.erase(reduced.begin() + last);
+    if (last > 0 && static_cast<size_t>(last) < extent.size() && !reduced[last - 1] && !reduced[last]) {
+      extent[last - 1] *= extent[last];
+      extent.erase(extent.begin() + last);
+      reduced.erase(reduced.begin() + last);
+    }
+    int64_t next = -1;
+    for (int64_t k = static_cast<int64_t>(reduced.size()) - 1; k >= 0 && next < 0; --k)
+      if (reduced[k]) next = k;
+    Tensor dst = next < 0 ? out : Tensor::empty({outer * inner}, DType::F32, x.device());
+    cuda_sum_middle(cur, dst, outer, mid, inner);
+    cur = dst;
+    last = next;
+  }
+  return out;
+}
+#endif
+
 // Sum without history over sorted, unique axes; the result keeps the reduced axes as 1.
 Tensor sum_keepdim_data(const Tensor& x, const std::vector<int64_t>& axes) {
   const Shape& sh = x.shape();
   const int64_t nd = x.dim();
   Shape kept_shape = sh;
   for (int64_t a : axes) kept_shape[a] = 1;
+  if (x.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    return cuda_sum_keepdim(x, axes, kept_shape);
+#else
+    S2H_FAIL("sum: this build has no CUDA backend");
+#endif
+  }
   Tensor out = Tensor::empty(kept_shape, x.dtype());
   if (axes.empty()) {
     out.copy_(x.detach());
@@ -121,8 +198,17 @@ Tensor argmax(const Tensor& x, int64_t axis) {
   for (int64_t i = a + 1; i < x.dim(); ++i) inner *= x.shape()[i];
   Shape out_shape = x.shape();
   out_shape.erase(out_shape.begin() + a);
-  Tensor out = Tensor::empty(out_shape, DType::I64);
+  Tensor out = Tensor::empty(out_shape, DType::I64, x.device());
   S2H_CHECK(x.shape()[a] > 0, "argmax: axis {} is empty", axis);
+  if (x.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::argmax_middle(xd.raw_data(), x.dtype(), out.data<int64_t>(), outer, x.shape()[a], inner,
+                        cuda::stream(x.device().index));
+    return out;
+#else
+    S2H_FAIL("argmax: this build has no CUDA backend");
+#endif
+  }
   dispatch_float(x.dtype(), "argmax", [&]<typename T>() {
     cpu::argmax_middle<T>(xd.data<T>(), outer, x.shape()[a], inner, out.data<int64_t>());
   });

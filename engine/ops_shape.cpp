@@ -3,6 +3,10 @@
 
 #include "engine/ops_util.h"
 #include "kernels/cpu/copy.h"
+#include "kernels/cuda/index.h"
+#if S2H_HAVE_CUDA
+#include "kernels/cuda/runtime.h"
+#endif
 
 namespace s2h {
 
@@ -110,7 +114,7 @@ Tensor slice(const Tensor& x, int64_t axis, int64_t start, int64_t end, int64_t 
   Tensor out = make_view(x, shape, strides, x.offset() + start * x.strides()[a]);
   const Shape in_shape = x.shape();
   return record(out, "slice", {x}, [in_shape, a, start, end, step](const Tensor& g) {
-    Tensor gx = Tensor::zeros(in_shape, g.dtype());
+    Tensor gx = Tensor::zeros(in_shape, g.dtype(), g.device());
     copy_into(gx.slice(a, start, end, step), g);
     return std::vector<Tensor>{gx};
   });
@@ -126,13 +130,15 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t axis) {
     const Tensor& t = xs[i];
     S2H_CHECK(t.dtype() == xs[0].dtype(), "concat: tensor {} has dtype {}, tensor 0 has {}", i,
               dtype_name(t.dtype()), dtype_name(xs[0].dtype()));
+    S2H_CHECK(t.device() == xs[0].device(), "concat: tensor {} is on {}, tensor 0 on {}", i, t.device().str(),
+              xs[0].device().str());
     S2H_CHECK(t.dim() == nd, "concat: tensor {} has {} dimensions, tensor 0 has {}", i, t.dim(), nd);
     for (int64_t d = 0; d < nd; ++d)
       S2H_CHECK(d == a || t.shape()[d] == xs[0].shape()[d], "concat: tensor {} has shape {}, tensor 0 has {}", i,
                 shape_str(t.shape()), shape_str(xs[0].shape()));
     shape[a] += t.shape()[a];
   }
-  Tensor out = Tensor::empty(shape, xs[0].dtype());
+  Tensor out = Tensor::empty(shape, xs[0].dtype(), xs[0].device());
   std::vector<int64_t> bounds{0};
   for (const Tensor& t : xs) {
     copy_into(out.slice(a, bounds.back(), bounds.back() + t.shape()[a]), t);
@@ -152,24 +158,55 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
             index.str());
   Tensor xd = data_of(x), idx = data_of(index);
   const int64_t n = x.shape()[a], k = index.numel();
-  const int64_t* ip = idx.data<int64_t>();
-  for (int64_t i = 0; i < k; ++i)
-    S2H_CHECK(ip[i] >= 0 && ip[i] < n, "index_select: index {} is out of range for axis {} of size {}", ip[i], a, n);
+  // The index goes to x's device. Indices read on the host are checked there;
+  // a GPU index for a GPU tensor is not (that would wait for the GPU): the
+  // kernel poisons the rows of a bad index instead (see kernels/cuda/index.h).
+  if (x.device().is_cpu() && !idx.device().is_cpu()) idx = idx.to(Device::cpu());
+  if (idx.device().is_cpu()) {
+    const int64_t* ip = idx.data<int64_t>();
+    for (int64_t i = 0; i < k; ++i)
+      S2H_CHECK(ip[i] >= 0 && ip[i] < n, "index_select: index {} is out of range for axis {} of size {}", ip[i], a,
+                n);
+  }
+  if (idx.device() != x.device()) idx = idx.to(x.device());
   int64_t outer = 1, inner = 1;
   for (int64_t i = 0; i < a; ++i) outer *= x.shape()[i];
   for (int64_t i = a + 1; i < x.dim(); ++i) inner *= x.shape()[i];
   Shape shape = x.shape();
   shape[a] = k;
-  Tensor out = Tensor::empty(shape, x.dtype());
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   const size_t esz = dtype_size(x.dtype());
-  const char* src = static_cast<const char*>(xd.raw_data());
-  char* dst = static_cast<char*>(out.raw_data());
-  for (int64_t o = 0; o < outer; ++o)
-    for (int64_t j = 0; j < k; ++j)
-      std::memcpy(dst + (o * k + j) * inner * esz, src + (o * n + ip[j]) * inner * esz, inner * esz);
+  if (x.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+    cuda::index_select(xd.raw_data(), out.raw_data(), esz, idx.data<int64_t>(), outer, n, k, inner,
+                       cuda::stream(x.device().index));
+#else
+    S2H_FAIL("index_select: this build has no CUDA backend");
+#endif
+  } else {
+    const int64_t* ip = idx.data<int64_t>();
+    const char* src = static_cast<const char*>(xd.raw_data());
+    char* dst = static_cast<char*>(out.raw_data());
+    for (int64_t o = 0; o < outer; ++o)
+      for (int64_t j = 0; j < k; ++j)
+        std::memcpy(dst + (o * k + j) * inner * esz, src + (o * n + ip[j]) * inner * esz, inner * esz);
+  }
   if (!is_floating(x.dtype())) return out;
   const Shape in_shape = x.shape();
-  return record(out, "index_select", {x}, [in_shape, idx, outer, inner, n, k](const Tensor& g) {
+  const DType x_dtype = x.dtype();
+  return record(out, "index_select", {x}, [in_shape, idx, outer, inner, n, k, x_dtype](const Tensor& g) {
+    if (g.device().is_cuda()) {
+#if S2H_HAVE_CUDA
+      // Scatter-add with fp32 atomics into an fp32 buffer (repeated indices
+      // add up in fp32 even for bf16), then x's dtype.
+      Tensor acc = Tensor::zeros(in_shape, DType::F32, g.device());
+      cuda::index_add(acc.data<float>(), g.raw_data(), g.dtype(), idx.data<int64_t>(), outer, n, k, inner,
+                      cuda::stream(g.device().index));
+      return std::vector<Tensor>{acc.to(x_dtype)};
+#else
+      S2H_FAIL("index_select backward: this build has no CUDA backend");
+#endif
+    }
     Tensor gx = Tensor::zeros(in_shape, g.dtype());
     const int64_t* ip = idx.data<int64_t>();
     dispatch_float(g.dtype(), "index_select backward", [&]<typename T>() {
@@ -190,7 +227,7 @@ Tensor expand(const Tensor& x, const Shape& shape) {
   const Shape b = broadcast_shapes(x.shape(), shape, "expand");
   S2H_CHECK(b == shape, "expand: shape {} cannot be expanded to {}", shape_str(x.shape()), shape_str(shape));
   Tensor xd = data_of(x);
-  Tensor out = Tensor::empty(shape, x.dtype());
+  Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   const Shape st = detail::broadcast_strides(x.shape(), shape);
   copy_into(out, make_view(xd, shape, st, xd.offset()));
   if (!is_floating(x.dtype())) return out;
