@@ -1,3 +1,5 @@
+// SGD and AdamW: CPU loops, and one fused multi-tensor kernel launch per
+// device for parameters on CUDA (kernels/cuda/optim.h); learning-rate schedules.
 #include "engine/optim.h"
 
 #include <cmath>
@@ -5,10 +7,41 @@
 
 #include "engine/autograd.h"
 #include "kernels/cpu/parallel.h"
+#if S2H_HAVE_CUDA
+#include <map>
+
+#include "kernels/cuda/optim.h"
+#include "kernels/cuda/runtime.h"
+#endif
 
 namespace s2h {
 
 namespace {
+
+#if S2H_HAVE_CUDA
+// The CUDA parameters of one step, per device: their table entries for the
+// fused kernel and the contiguous gradients the entries point into (kept
+// until the launch is queued; freeing is stream-ordered behind it).
+template <class Entry>
+struct CudaStep {
+  std::map<int, std::vector<Entry>> entries;
+  std::vector<Tensor> keep;
+};
+
+// The contiguous gradient of a CUDA parameter, after checking what the fused
+// kernels assume.
+Tensor cuda_grad(const Tensor& p, const Tensor& grad, const char* op) {
+  S2H_CHECK(p.dtype() == DType::F32, "{}: parameters on {} must be f32 (fp32 master weights), got {}", op,
+            p.device().str(), dtype_name(p.dtype()));
+  S2H_CHECK(grad.device() == p.device(), "{}: the gradient is on {}, its parameter on {}", op, grad.device().str(),
+            p.device().str());
+  S2H_CHECK(grad.dtype() == DType::F32 || grad.dtype() == DType::BF16,
+            "{}: gradient of dtype {} (expected f32 or bf16 on {})", op, dtype_name(grad.dtype()), p.device().str());
+  S2H_CHECK(grad.shape() == p.shape(), "{}: gradient of shape {} for a parameter of shape {}", op,
+            shape_str(grad.shape()), shape_str(p.shape()));
+  return grad.contiguous();
+}
+#endif
 
 // Fused per-parameter update loops on contiguous data.
 template <class Fn>
@@ -27,7 +60,8 @@ void load_slot(const NamedTensors& state, const std::string& name, const Tensor&
     if (n == name) {
       S2H_CHECK(t.shape() == like.shape(), "optimizer state '{}' has shape {}, the parameter has {}", name,
                 shape_str(t.shape()), shape_str(like.shape()));
-      slot = t.to(like.dtype()).clone();
+      // On the parameter's device (a checkpoint's tensors come on the CPU).
+      slot = like.device().is_cpu() ? t.to(like.dtype()).clone() : t.to(like.device()).to(like.dtype()).clone();
       return;
     }
   slot = Tensor();
@@ -57,6 +91,9 @@ SGD::SGD(std::vector<ParamGroup> groups, SGDOptions opt) : Optimizer(std::move(g
 
 void SGD::step() {
   NoGradGuard guard;
+#if S2H_HAVE_CUDA
+  CudaStep<cuda::SgdParam> gpu;
+#endif
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& group = groups_[gi];
     const double lr = lr_ * group.lr_scale, wd = group.weight_decay.value_or(opt_.weight_decay);
@@ -64,6 +101,26 @@ void SGD::step() {
       const Tensor& p = group.params[pi];
       const Tensor grad = p.grad();
       if (!grad.defined()) continue;
+#if S2H_HAVE_CUDA
+      if (p.device().is_cuda()) {  // queued for the fused kernel below
+        const Tensor g = cuda_grad(p, grad, "SGD");
+        Tensor& buf = momentum_[gi][pi];
+        const bool first = !buf.defined();
+        if (opt_.momentum > 0 && first) buf = Tensor::empty(p.shape(), p.dtype(), p.device());
+        cuda::SgdParam e;
+        e.param = p.data<float>();
+        e.grad = g.raw_data();
+        e.grad_bf16 = g.dtype() == DType::BF16;
+        e.momentum = opt_.momentum > 0 ? buf.data<float>() : nullptr;
+        e.first = first;
+        e.n = p.numel();
+        e.lr = static_cast<float>(lr);
+        e.weight_decay = static_cast<float>(wd);
+        gpu.entries[p.device().index].push_back(e);
+        gpu.keep.push_back(g);
+        continue;
+      }
+#endif
       Tensor g = grad.contiguous();
       Tensor& buf = momentum_[gi][pi];
       const bool first = !buf.defined();
@@ -86,6 +143,12 @@ void SGD::step() {
       });
     }
   }
+#if S2H_HAVE_CUDA
+  // One launch per device updates all its parameters (same float arithmetic as above).
+  for (const auto& [device, entries] : gpu.entries)
+    cuda::sgd_step(entries.data(), static_cast<int64_t>(entries.size()), static_cast<float>(opt_.momentum),
+                   static_cast<float>(1 - opt_.dampening), opt_.nesterov, cuda::stream(device));
+#endif
 }
 
 NamedTensors SGD::state_dict() const {
@@ -115,6 +178,9 @@ AdamW::AdamW(std::vector<ParamGroup> groups, AdamWOptions opt) : Optimizer(std::
 
 void AdamW::step() {
   NoGradGuard guard;
+#if S2H_HAVE_CUDA
+  CudaStep<cuda::AdamWParam> gpu;
+#endif
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     const ParamGroup& group = groups_[gi];
     const double lr = lr_ * group.lr_scale, wd = group.weight_decay.value_or(opt_.weight_decay);
@@ -122,6 +188,32 @@ void AdamW::step() {
       const Tensor& p = group.params[pi];
       const Tensor grad = p.grad();
       if (!grad.defined()) continue;
+#if S2H_HAVE_CUDA
+      if (p.device().is_cuda()) {  // queued for the fused kernel below
+        const Tensor g = cuda_grad(p, grad, "AdamW");
+        Tensor& m = m_[gi][pi];
+        Tensor& v = v_[gi][pi];
+        if (!m.defined()) {
+          m = Tensor::zeros(p.shape(), p.dtype(), p.device());
+          v = Tensor::zeros(p.shape(), p.dtype(), p.device());
+        }
+        const double t = static_cast<double>(++steps_[gi][pi]);
+        const double bc1 = 1 - std::pow(opt_.beta1, t), bc2 = 1 - std::pow(opt_.beta2, t);
+        cuda::AdamWParam e;
+        e.param = p.data<float>();
+        e.grad = g.raw_data();
+        e.grad_bf16 = g.dtype() == DType::BF16;
+        e.exp_avg = m.data<float>();
+        e.exp_avg_sq = v.data<float>();
+        e.n = p.numel();
+        e.decay = static_cast<float>(1 - lr * wd);
+        e.step_size = static_cast<float>(lr / bc1);
+        e.sqrt_bc2 = static_cast<float>(std::sqrt(bc2));
+        gpu.entries[p.device().index].push_back(e);
+        gpu.keep.push_back(g);
+        continue;
+      }
+#endif
       Tensor g = grad.contiguous();
       Tensor& m = m_[gi][pi];
       Tensor& v = v_[gi][pi];
@@ -148,6 +240,12 @@ void AdamW::step() {
       });
     }
   }
+#if S2H_HAVE_CUDA
+  // One launch per device updates all its parameters (same float arithmetic as above).
+  for (const auto& [device, entries] : gpu.entries)
+    cuda::adamw_step(entries.data(), static_cast<int64_t>(entries.size()), static_cast<float>(opt_.beta1),
+                     static_cast<float>(opt_.beta2), static_cast<float>(opt_.eps), cuda::stream(device));
+#endif
 }
 
 NamedTensors AdamW::state_dict() const {

@@ -17,6 +17,9 @@ struct ParamGroup {
   double lr_scale = 1.0;  // this group's lr = optimiser lr * lr_scale
 };
 
+// Parameters on CUDA are updated by one fused kernel launch per device and
+// step; they must be f32 (master weights), their gradients f32 or bf16, and
+// their state (momentum, moments) lives on the parameter's device.
 class Optimizer {
  public:
   explicit Optimizer(std::vector<ParamGroup> groups, double lr);

@@ -81,7 +81,6 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   for (const auto& [name, t] : tensors) {
     S2H_CHECK(!name.empty() && name != "__metadata__", "{}: invalid tensor name '{}'", path, name);
     S2H_CHECK(!header.contains(name), "{}: tensor name '{}' appears twice", path, name);
-    S2H_CHECK(t.device().is_cpu(), "{}: tensor '{}' must be on the CPU to be saved", path, name);
     Tensor c = t.detach().contiguous().to(Device::cpu());
     const uint64_t nbytes = static_cast<uint64_t>(c.numel()) * dtype_size(c.dtype());
     header[name] = {{"dtype", dtype_safetensors_name(c.dtype())},
