@@ -33,6 +33,14 @@ void dispatch_gpu_float(DType dtype, const char* op, Fn&& fn) {
   throw CudaError(std::string(op) + ": dtype not supported on CUDA (expected f32 or bf16)");
 }
 
+// Sum over the 32 lanes of a warp (every lane gets the total); all lanes must call.
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
 // Up to this many axes in the strided kernels' index arithmetic.
 constexpr int kMaxDims = 8;
 struct Strided {
