@@ -1,8 +1,19 @@
-// One training step of a model (default cnn-small, batch 128) on the CPU:
-// forward, cross-entropy, backward, SGD (momentum 0.9, Nesterov, wd 5e-4).
-// Prints one JSON line with the median and mean time per step.
+// One training step of a model on the CPU or a GPU: forward, cross-entropy,
+// backward, SGD (momentum 0.9, Nesterov, wd 5e-4). Random inputs (f32 NHWC,
+// as the loader delivers them) and labels, fixed for the run. Each step is
+// timed from its start to the end of its GPU work (the device is synchronised
+// after every step); prints one JSON line with the median, mean and minimum.
+//
+// FLOPs: the forward FLOPs of convolutions and linear layers (2 x MACs) are
+// counted by a ModuleTracer over the first forward (Module::flops); a step is
+// counted as 3 x forward (forward, input gradient, weight gradient).
 //
 //   bench_train_step [--model cnn-small] [--batch 128] [--steps 20] [--warmup 3] [--threads N]
+//                    [--device cpu|cuda] [--precision fp32|tf32|bf16]
+//                    [--image-size 28] [--in-channels 1] [--classes 10] [--imagenet-stem]
+//   GPU ResNet-50 workload of benchmarks/gpu_check.sh:
+//   bench_train_step --model resnet50 --device cuda --precision bf16 --batch 256 --image-size 64
+//                    --in-channels 3 --classes 200
 #include <omp.h>
 
 #include <algorithm>
@@ -13,12 +24,16 @@
 #include <string>
 #include <vector>
 
+#include "engine/precision.h"
 #include "engine/s2h.h"
+#include "kernels/cuda/runtime.h"
 #include "models/registry.h"
 
 int main(int argc, char** argv) {
-  std::string model_name = "cnn-small";
+  std::string model_name = "cnn-small", device_name = "cpu", precision_name = "fp32";
   int batch = 128, steps = 20, warmup = 3, threads = 0;
+  int64_t image_size = 28, in_channels = 1, classes = 10;
+  bool imagenet_stem = false;
   for (int i = 1; i < argc; ++i) {
     auto next = [&](const char* flag) -> const char* {
       if (i + 1 >= argc) {
@@ -32,52 +47,97 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(next("--steps"));
     else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(next("--warmup"));
     else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(next("--threads"));
+    else if (!std::strcmp(argv[i], "--device")) device_name = next("--device");
+    else if (!std::strcmp(argv[i], "--precision")) precision_name = next("--precision");
+    else if (!std::strcmp(argv[i], "--image-size")) image_size = std::atoll(next("--image-size"));
+    else if (!std::strcmp(argv[i], "--in-channels")) in_channels = std::atoll(next("--in-channels"));
+    else if (!std::strcmp(argv[i], "--classes")) classes = std::atoll(next("--classes"));
+    else if (!std::strcmp(argv[i], "--imagenet-stem")) imagenet_stem = true;
     else {
       std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i]);
       return 2;
     }
   }
-  if (batch <= 0 || steps <= 0 || warmup < 0 || threads < 0) {
-    std::fprintf(stderr, "bench_train_step: --batch and --steps must be positive\n");
+  if (batch <= 0 || steps <= 0 || warmup < 0 || threads < 0 || image_size <= 0 || in_channels <= 0 || classes <= 0) {
+    std::fprintf(stderr,
+                 "bench_train_step: --batch, --steps, --image-size, --in-channels and --classes must be positive\n");
     return 2;
   }
   if (threads > 0) omp_set_num_threads(threads);
   using namespace s2h;
-  manual_seed(0);
-  models::ModelConfig cfg;  // 28x28x1, 10 classes
-  ModulePtr model = models::make_model(model_name, cfg);
-  model->train();
-  SGDOptions so;
-  so.lr = 0.01;
-  so.momentum = 0.9;
-  so.nesterov = true;
-  so.weight_decay = 5e-4;
-  SGD opt(model->parameters(), so);
-  Tensor x = Tensor::randn({batch, cfg.image_size, cfg.image_size, cfg.in_channels});
-  std::vector<int64_t> labels(static_cast<size_t>(batch));
-  for (int i = 0; i < batch; ++i) labels[static_cast<size_t>(i)] = i % cfg.num_classes;
-  Tensor y = Tensor::from_vector(labels, {batch});
+  try {
+    const Device device = Device::parse(device_name);
+    set_precision(parse_precision(precision_name));
+    if (device.is_cuda()) cuda::require_device(device.index);
+    manual_seed(0);
+    models::ModelConfig cfg;
+    cfg.num_classes = classes;
+    cfg.in_channels = in_channels;
+    cfg.image_size = image_size;
+    cfg.imagenet_stem = imagenet_stem;
+    ModulePtr model = models::make_model(model_name, cfg);
+    model->to(device);
+    model->train();
+    SGDOptions so;
+    so.lr = 0.01;
+    so.momentum = 0.9;
+    so.nesterov = true;
+    so.weight_decay = 5e-4;
+    SGD opt(model->parameters(), so);
+    const Tensor x = Tensor::randn({batch, image_size, image_size, in_channels}).to(device);
+    std::vector<int64_t> labels(static_cast<size_t>(batch));
+    for (int i = 0; i < batch; ++i) labels[static_cast<size_t>(i)] = i % classes;
+    const Tensor y = Tensor::from_vector(labels, {batch}).to(device);
+    auto sync = [&] {
+      if (device.is_cuda()) cuda::synchronize(device.index);
+    };
 
-  std::vector<double> ms;
-  double last_loss = 0;
-  for (int s = 0; s < warmup + steps; ++s) {
-    const auto t0 = std::chrono::steady_clock::now();
-    Tensor loss = cross_entropy((*model)(x), y);
-    opt.zero_grad();
-    loss.backward();
-    opt.step();
-    last_loss = loss.item();
-    const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= warmup) ms.push_back(t);
+    std::vector<double> ms;
+    double last_loss = 0;
+    int64_t forward_flops = 0;
+    for (int s = 0; s < warmup + steps; ++s) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      Tensor logits;
+      if (s == 0) {  // count the forward FLOPs once
+        ModuleTracer tracer(*model);
+        logits = (*model)(x);
+        forward_flops = tracer.total_flops();
+      } else {
+        logits = (*model)(x);
+      }
+      Tensor loss = cross_entropy(logits, y);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      sync();
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= warmup) ms.push_back(t);
+      if (s == warmup + steps - 1) last_loss = loss.item();
+    }
+    std::vector<double> sorted = ms;
+    std::sort(sorted.begin(), sorted.end());
+    double mean = 0;
+    for (double t : ms) mean += t / static_cast<double>(ms.size());
+    const double median = sorted[sorted.size() / 2];
+    const double step_flops = 3.0 * static_cast<double>(forward_flops);
+    const std::string dev_desc = device.is_cuda() ? cuda::device_name(device.index) : "cpu";
+    const double peak_mb =
+        device.is_cuda() ? static_cast<double>(cuda::pool_stats(device.index).used_high) / 1048576.0 : 0.0;
+    std::printf(
+        "{\"impl\": \"s2h\", \"model\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %d, "
+        "\"image_size\": %lld, \"classes\": %lld, \"params\": %lld, \"threads\": %d, \"steps\": %d, "
+        "\"median_ms\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"images_per_s\": %.1f, "
+        "\"forward_flops\": %lld, \"step_flops\": %lld, \"tflops\": %.2f, \"peak_mem_mb\": %.0f, "
+        "\"last_loss\": %.5f}\n",
+        model_name.c_str(), dev_desc.c_str(), precision_name.c_str(), batch, static_cast<long long>(image_size),
+        static_cast<long long>(classes), static_cast<long long>(model->num_parameters()), omp_get_max_threads(),
+        steps, median, mean, sorted.front(), 1000.0 * batch / median, static_cast<long long>(forward_flops),
+        static_cast<long long>(3 * forward_flops),
+        step_flops / (median * 1e-3) / 1e12, peak_mb, last_loss);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_train_step: %s\n", e.what());
+    return 1;
   }
-  std::vector<double> sorted = ms;
-  std::sort(sorted.begin(), sorted.end());
-  double mean = 0;
-  for (double t : ms) mean += t / static_cast<double>(ms.size());
-  std::printf(
-      "{\"impl\": \"s2h\", \"model\": \"%s\", \"batch\": %d, \"threads\": %d, \"steps\": %d, \"median_ms\": %.3f, "
-      "\"mean_ms\": %.3f, \"min_ms\": %.3f, \"images_per_s\": %.1f, \"last_loss\": %.5f}\n",
-      model_name.c_str(), batch, omp_get_max_threads(), steps, sorted[sorted.size() / 2], mean, sorted.front(),
-      1000.0 * batch / sorted[sorted.size() / 2], last_loss);
   return 0;
 }
