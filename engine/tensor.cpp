@@ -310,14 +310,14 @@ Tensor& Tensor::copy_(const Tensor& src) {
 
 Tensor& Tensor::add_(const Tensor& other, double alpha) {
   check_inplace("add_");
-  S2H_CHECK(other.shape() == shape() && other.dtype() == dtype(), "add_: {} into {}", other.str(), str());
+  S2H_CHECK(other.shape() == shape() && other.dtype() == dtype() && other.device() == device(), "add_: {} into {}",
+            other.str(), str());
   Tensor o = other.detach().contiguous();
   if (!is_contiguous()) {  // strided destination: compute contiguously, then scatter back
     NoGradGuard guard;
     return copy_(add(detach().contiguous(), mul_scalar(o, alpha)));
   }
   if (device().is_cuda()) {
-    S2H_CHECK(o.device() == device(), "add_: {} into {}", o.str(), str());
 #if S2H_HAVE_CUDA
     cuda::axpy(raw_data(), o.raw_data(), dtype(), numel(), alpha, cuda::stream(device().index));
 #endif

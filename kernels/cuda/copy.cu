@@ -107,7 +107,11 @@ void strided_copy(void* dst, DType dst_dtype, const int64_t* dst_strides, const 
                                stream));
     return;
   }
-  const Strided dl = layout(shape, dst_strides, ndim, "copy"), sl = layout(shape, src_strides, ndim, "copy");
+  Strided dl, sl;  // only the strided kernel needs them (and only it is limited to 8 axes)
+  if (!flat) {
+    dl = layout(shape, dst_strides, ndim, "copy");
+    sl = layout(shape, src_strides, ndim, "copy");
+  }
   dispatch_any(dst_dtype, [&]<typename D>() {
     dispatch_any(src_dtype, [&]<typename S>() {
       if (flat) {

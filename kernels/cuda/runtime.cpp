@@ -55,6 +55,20 @@ namespace {
 
 constexpr int kMaxDevices = 16;
 
+// Pinned blocks are cached by (rounded) size: cudaMallocHost is slow and
+// cudaFreeHost synchronises the whole device, and the loader asks for
+// batches of the same few sizes over and over. Defined before g_pending so
+// that they are destroyed after it: at exit, g_pending still holds the
+// pinned storages of the last copies, whose destructors call pinned_free.
+std::mutex g_pinned_mutex;
+std::multimap<size_t, void*> g_pinned_free;     // size -> block, free
+std::unordered_map<void*, size_t> g_pinned_size;  // every block handed out or free
+
+size_t pinned_round(size_t n) {
+  constexpr size_t kGrain = size_t{1} << 16;
+  return n == 0 ? kGrain : (n + kGrain - 1) / kGrain * kGrain;
+}
+
 struct DeviceState {
   std::once_flag once;
   cudaStream_t stream = nullptr;
@@ -85,6 +99,7 @@ DeviceState& state(int device) {
   std::call_once(s.once, [&] {
     require_device(device);
     CUDA_CHECK(cudaSetDevice(device));
+    t_current = device;  // else a later set_device(previous) would wrongly skip its cudaSetDevice
     CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
     cudaMemPool_t pool;
     CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
@@ -138,8 +153,7 @@ void* device_alloc(size_t nbytes, int device) {
 void device_free(void* p, int device) noexcept {
   if (!p) return;
   // Never throws (called from destructors); a failure here means the context is gone.
-  cudaSetDevice(device);
-  t_current = device;
+  if (t_current != device && cudaSetDevice(device) == cudaSuccess) t_current = device;
   if (cudaFreeAsync(p, g_devices[device].stream) != cudaSuccess) cudaGetLastError();
 }
 
@@ -167,20 +181,6 @@ PoolStats pool_stats(int device) {
   st.used_high = v;
   return st;
 }
-
-// Pinned blocks are cached by (rounded) size: cudaMallocHost is slow and
-// cudaFreeHost synchronises the whole device, and the loader asks for
-// batches of the same few sizes over and over.
-namespace {
-std::mutex g_pinned_mutex;
-std::multimap<size_t, void*> g_pinned_free;     // size -> block, free
-std::unordered_map<void*, size_t> g_pinned_size;  // every block handed out or free
-
-size_t pinned_round(size_t n) {
-  constexpr size_t kGrain = size_t{1} << 16;
-  return n == 0 ? kGrain : (n + kGrain - 1) / kGrain * kGrain;
-}
-}  // namespace
 
 void* pinned_alloc(size_t nbytes) {
   const size_t size = pinned_round(nbytes);
