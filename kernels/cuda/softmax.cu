@@ -23,12 +23,14 @@ constexpr int64_t kWarpRowMax = 1024;     // longest row handled by one warp
 constexpr int kFinishThreads = 1024;      // the single block that sums the partials
 
 // Merges two online-softmax partials (max m, sum of exp(x - m)). A partial
-// whose max is -inf holds nothing (or only -inf) and adds 0, so that
-// -inf - -inf never makes a NaN. The result does not depend on the order of
-// the operands, so every lane of a butterfly ends with the same bits.
+// whose sum is 0 holds nothing (or only -inf) and adds 0, so that -inf - -inf
+// never makes a NaN; any other partial has a sum >= 1 or NaN. (Testing the
+// max instead would drop a NaN sum: NaN never raises m, so a lane that saw
+// only NaNs keeps m = -inf.) The result does not depend on the order of the
+// operands, so every lane of a butterfly ends with the same bits.
 __device__ __forceinline__ void ms_merge(float& m, float& s, float mo, float so) {
   const float mn = fmaxf(m, mo);
-  s = (m == -INFINITY ? 0.f : s * expf(m - mn)) + (mo == -INFINITY ? 0.f : so * expf(mo - mn));
+  s = (s == 0.f ? 0.f : s * expf(m - mn)) + (so == 0.f ? 0.f : so * expf(mo - mn));
   m = mn;
 }
 
