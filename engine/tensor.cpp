@@ -46,36 +46,29 @@ void copy_strided(const Tensor& dst, const Tensor& src) {
                        src.strides().data(), src.shape().data(), static_cast<int>(src.dim()), cuda::stream(dd.index));
     return;
   }
-  // Across devices: a contiguous block of dst's dtype moves, strides and
-  // conversions are handled on whichever side has them.
+  if (sd.is_cuda() && dd.is_cuda()) {  // two GPUs: through the host
+    copy_strided(dst, src.detach().to(Device::cpu()));
+    return;
+  }
+  // Host <-> GPU: a contiguous block of dst's dtype moves; the conversion and
+  // strides of the source are handled on the source's side, those of the
+  // destination on the destination's side.
+  Tensor block = src;
+  if (block.dtype() != dst.dtype() || !block.is_contiguous()) {
+    block = Tensor::empty(src.shape(), dst.dtype(), sd, src.storage()->pinned());
+    copy_strided(block, src);
+  }
+  const bool direct = dst.is_contiguous();
+  Tensor target = direct ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
   const size_t nbytes = static_cast<size_t>(src.numel()) * dtype_size(dst.dtype());
-  if (sd.is_cpu() && dd.is_cuda()) {
-    Tensor block = src;
-    if (block.dtype() != dst.dtype() || !block.is_contiguous()) {
-      block = Tensor::empty(src.shape(), dst.dtype(), sd, src.storage()->pinned());
-      copy_strided(block, src);
-    }
-    const bool direct = dst.is_contiguous();
-    Tensor target = direct ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
+  if (dd.is_cuda()) {
     const bool pinned = block.storage()->pinned();
     cuda::copy_to_device(target.raw_data(), block.raw_data(), nbytes, dd.index, pinned,
                          pinned ? std::shared_ptr<const void>(block.storage()) : nullptr);
-    if (!direct) copy_strided(dst, target);
-    return;
-  }
-  if (sd.is_cuda() && dd.is_cpu()) {
-    Tensor block = src;
-    if (block.dtype() != dst.dtype() || !block.is_contiguous()) {
-      block = Tensor::empty(src.shape(), dst.dtype(), sd);
-      copy_strided(block, src);
-    }
-    const bool direct = dst.is_contiguous();
-    Tensor target = direct ? dst : Tensor::empty(dst.shape(), dst.dtype(), dd);
+  } else {
     cuda::copy_to_host(target.raw_data(), block.raw_data(), nbytes, sd.index);
-    if (!direct) copy_strided(dst, target);
-    return;
   }
-  copy_strided(dst, src.to(Device::cpu()));  // GPU to GPU: through the host
+  if (!direct) copy_strided(dst, target);
 #else
   S2H_FAIL("copy from {} to {}: this build has no CUDA backend", sd.str(), dd.str());
 #endif
