@@ -8,12 +8,20 @@
 // counted by a ModuleTracer over the first forward (Module::flops); a step is
 // counted as 3 x forward (forward, input gradient, weight gradient).
 //
+// With --s2h the step is S2HPruner's (pruning/s2h.h: soft pass, hard pass
+// under a NarrowView, both backwards, the mask step), masks initialised
+// uniform (u = 0: the hard network keeps about half of each group's channels);
+// the FLOPs are then the soft network's 3 x forward plus the hard network's
+// 3 x forward at the step's hard widths. --kernels library runs the same step
+// with the handwritten fused kernels off (the issue-6 baseline).
+//
 //   bench_train_step [--model cnn-small] [--batch 128] [--steps 20] [--warmup 3] [--threads N]
 //                    [--device cpu|cuda] [--precision fp32|tf32|bf16]
 //                    [--image-size 28] [--in-channels 1] [--classes 10] [--imagenet-stem]
+//                    [--s2h] [--target 0.35] [--kernels fused|library]
 //   GPU ResNet-50 workload of benchmarks/gpu_check.sh:
 //   bench_train_step --model resnet50 --device cuda --precision bf16 --batch 256 --image-size 64
-//                    --in-channels 3 --classes 200
+//                    --in-channels 3 --classes 200 [--s2h --kernels fused|library]
 #include <omp.h>
 
 #include <algorithm>
@@ -21,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -28,12 +37,17 @@
 #include "engine/s2h.h"
 #include "kernels/cuda/runtime.h"
 #include "models/registry.h"
+#include "pruning/flops.h"
+#include "pruning/masks.h"
+#include "pruning/s2h.h"
 
 int main(int argc, char** argv) {
   std::string model_name = "cnn-small", device_name = "cpu", precision_name = "fp32";
   int batch = 128, steps = 20, warmup = 3, threads = 0;
   int64_t image_size = 28, in_channels = 1, classes = 10;
-  bool imagenet_stem = false;
+  bool imagenet_stem = false, s2h_step = false;
+  std::string kernels = "fused";
+  double target = 0.35;
   for (int i = 1; i < argc; ++i) {
     auto next = [&](const char* flag) -> const char* {
       if (i + 1 >= argc) {
@@ -53,6 +67,9 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--in-channels")) in_channels = std::atoll(next("--in-channels"));
     else if (!std::strcmp(argv[i], "--classes")) classes = std::atoll(next("--classes"));
     else if (!std::strcmp(argv[i], "--imagenet-stem")) imagenet_stem = true;
+    else if (!std::strcmp(argv[i], "--s2h")) s2h_step = true;
+    else if (!std::strcmp(argv[i], "--target")) target = std::atof(next("--target"));
+    else if (!std::strcmp(argv[i], "--kernels")) kernels = next("--kernels");
     else {
       std::fprintf(stderr, "bench_train_step: unknown flag %s\n", argv[i]);
       return 2;
@@ -61,6 +78,14 @@ int main(int argc, char** argv) {
   if (batch <= 0 || steps <= 0 || warmup < 0 || threads < 0 || image_size <= 0 || in_channels <= 0 || classes <= 0) {
     std::fprintf(stderr,
                  "bench_train_step: --batch, --steps, --image-size, --in-channels and --classes must be positive\n");
+    return 2;
+  }
+  if (kernels != "fused" && kernels != "library") {
+    std::fprintf(stderr, "bench_train_step: --kernels must be fused or library, got %s\n", kernels.c_str());
+    return 2;
+  }
+  if (!(target > 0 && target < 1)) {
+    std::fprintf(stderr, "bench_train_step: --target must be in (0, 1)\n");
     return 2;
   }
   if (threads > 0) omp_set_num_threads(threads);
@@ -75,9 +100,27 @@ int main(int argc, char** argv) {
     cfg.in_channels = in_channels;
     cfg.image_size = image_size;
     cfg.imagenet_stem = imagenet_stem;
+    set_fused_kernels(kernels == "fused");
     ModulePtr model = models::make_model(model_name, cfg);
-    model->to(device);
     model->train();
+    // S2HPruner's state: traced on the host before the model moves (as s2h prune does).
+    std::vector<models::ChannelGroup> groups;
+    std::unique_ptr<pruning::FlopsModel> flops_model;
+    std::unique_ptr<pruning::WidthMasks> masks;
+    std::unique_ptr<pruning::S2HPruner> pruner;
+    if (s2h_step) {
+      groups = models::channel_groups(*model);
+      flops_model = std::make_unique<pruning::FlopsModel>(*model, groups, pruning::example_input(cfg));
+      pruning::MaskOptions mo;
+      mo.init = "uniform";
+      masks = std::make_unique<pruning::WidthMasks>(*model, groups, mo);
+    }
+    model->to(device);
+    if (s2h_step) {
+      pruning::S2HOptions so;
+      so.target = target;
+      pruner = std::make_unique<pruning::S2HPruner>(*model, *flops_model, *masks, so);
+    }
     SGDOptions so;
     so.lr = 0.01;
     so.momentum = 0.9;
@@ -93,9 +136,27 @@ int main(int argc, char** argv) {
     };
 
     std::vector<double> ms;
-    double last_loss = 0;
+    double last_loss = 0, hard_ratio = 1;
     int64_t forward_flops = 0;
-    for (int s = 0; s < warmup + steps; ++s) {
+    if (s2h_step) {
+      {
+        ModuleTracer tracer(*model);
+        NoGradGuard ng;
+        (void)(*model)(x);
+        forward_flops = tracer.total_flops();
+      }
+      for (int s = 0; s < warmup + steps; ++s) {
+        sync();
+        const auto t0 = std::chrono::steady_clock::now();
+        const pruning::StepStats st = pruner->step(x, y, opt, 1.0);
+        sync();
+        const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        if (s >= warmup) ms.push_back(t);
+        last_loss = st.loss;
+        hard_ratio = pruner->hard_ratio();
+      }
+    }
+    for (int s = 0; !s2h_step && s < warmup + steps; ++s) {
       sync();
       const auto t0 = std::chrono::steady_clock::now();
       Tensor logits;
@@ -120,7 +181,9 @@ int main(int argc, char** argv) {
     double mean = 0;
     for (double t : ms) mean += t / static_cast<double>(ms.size());
     const double median = sorted[sorted.size() / 2];
-    const double step_flops = 3.0 * static_cast<double>(forward_flops);
+    // The S2H step: the soft network's 3 x forward plus the hard network's at its hard widths
+    // (hard_ratio() is over the budget's scope, the whole network by default).
+    const double step_flops = 3.0 * static_cast<double>(forward_flops) * (s2h_step ? 1.0 + hard_ratio : 1.0);
     const std::string dev_desc = device.is_cuda() ? cuda::device_name(device.index) : "cpu";
     const double peak_mb =
         device.is_cuda() ? static_cast<double>(cuda::pool_stats(device.index).used_high) / 1048576.0 : 0.0;
@@ -129,12 +192,13 @@ int main(int argc, char** argv) {
         "\"image_size\": %lld, \"classes\": %lld, \"params\": %lld, \"threads\": %d, \"steps\": %d, "
         "\"median_ms\": %.3f, \"mean_ms\": %.3f, \"min_ms\": %.3f, \"images_per_s\": %.1f, "
         "\"forward_flops\": %lld, \"step_flops\": %lld, \"tflops\": %.2f, \"peak_mem_mb\": %.0f, "
-        "\"last_loss\": %.5f}\n",
+        "\"last_loss\": %.5f, \"step\": \"%s\", \"kernels\": \"%s\", \"hard_flops_ratio\": %.4f}\n",
         model_name.c_str(), dev_desc.c_str(), precision_name.c_str(), batch, static_cast<long long>(image_size),
         static_cast<long long>(classes), static_cast<long long>(model->num_parameters()), omp_get_max_threads(),
         steps, median, mean, sorted.front(), 1000.0 * batch / median, static_cast<long long>(forward_flops),
-        static_cast<long long>(3 * forward_flops),
-        step_flops / (median * 1e-3) / 1e12, peak_mb, last_loss);
+        static_cast<long long>(step_flops),
+        step_flops / (median * 1e-3) / 1e12, peak_mb, last_loss, s2h_step ? "s2h" : "train", kernels.c_str(),
+        s2h_step ? hard_ratio : 1.0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train_step: %s\n", e.what());
     return 1;

@@ -1,33 +1,45 @@
 #!/usr/bin/env bash
 # The whole GPU check in one call on a GPU machine (H100/H200, sm_90), from a
-# bundle made elsewhere by benchmarks/make_gpu_bundle.sh:
+# bundle made elsewhere by benchmarks/make_gpu_bundle.sh. Two suites of stages:
 #
-#   env       nvidia-smi, the device, library resolution of every binary (ldd -r)
-#   probe     tests: test_cuda_probe
-#   runtime   tests: test_cuda_runtime
-#   ops       tests: test_ops_device (every op, cpu_fp32 / cuda_fp32 / cuda_tf32 / cuda_bf16)
-#   memcheck  compute-sanitizer --tool memcheck on a subset of the op tests (cuda_fp32, cuda_bf16)
-#   gemm      bench_gemm_peak: cuBLAS bf16 GEMM 8192^3 (the ceiling for achieved TFLOP/s)
-#   resnet50  ResNet-50 training step, 64x64, batch 256, 200 classes, bf16: s2h vs PyTorch eager
-#             (benchmarks/compare_train_step.py; channels_last, cuDNN, bf16 autocast)
-#   train     s2h train --device cuda --precision bf16 --model resnet56 --data cifar10-jpeg, 2 epochs
+# fused (the default; issue 6, the handwritten fused kernels):
+#   env         nvidia-smi, the device, library resolution of every binary (ldd -r)
+#   fused       tests: test_fused_ops (CPU gradchecks; CUDA fused vs library vs f64 on a grid of shapes)
+#   torchattn   benchmarks/torch_attention.py: PyTorch SDPA, flash backend, the attention baseline
+#   kbench      kernel_bench (4 runs: peak+masked, hard, dual, attention), then gpu_results.py writes
+#               results/{masked_conv_resnet50_3x3,masked_conv_resnet50_1x1,hard_conv_resnet50,
+#               dual_conv_resnet50,attention_hd64,attention_hd128}.json
+#   s2hstep     bench_train_step --s2h --kernels fused vs --kernels library (ResNet-50 64x64, batch 256,
+#               bf16) -> results/s2h_step_resnet50.json
+#   fmemcheck   compute-sanitizer memcheck on test_fused_ops' CUDA tests (a quick subset, then the rest)
+#   fracecheck  compute-sanitizer racecheck on a small subset of them
+# backend (issue 5, the CUDA backend):
+#   env, probe (test_cuda_probe), runtime (test_cuda_runtime), ops (test_ops_device: every op,
+#   cpu_fp32 / cuda_fp32 / cuda_tf32 / cuda_bf16), memcheck (compute-sanitizer on a subset of the op
+#   tests), gemm (bench_gemm_peak: cuBLAS bf16 GEMM 8192^3), resnet50 (ResNet-50 training step, 64x64,
+#   batch 256, 200 classes, bf16: s2h vs PyTorch eager, benchmarks/compare_train_step.py), train (s2h
+#   train --device cuda --precision bf16 --model resnet56 --data cifar10-jpeg, 2 epochs)
+# Each suite fits one device call (10 minutes); --suite all runs both in that order and the budget
+# skips what does not fit.
 #
 # Every stage runs even when an earlier one failed, under its own timeout and
 # a total time budget, and the summary table is printed last. Results go to
-# $OUT (the device tool's folder; ./build-gpu-check elsewhere), at most 8
-# files, as the device tool brings back:
-#   summary.txt, gpu_check.log (everything),
-#   results/gpu_train_step_resnet50_bf16.{json,log}, results/gpu_gemm_peak.log,
-#   results/gpu_train_resnet56_cifar10_bf16.json, run/{config.json,metrics.jsonl}
-# (copy results/ into benchmarks/results/ and run/ into benchmarks/results/runs/<name>/).
+# $OUT (the device tool's folder; ./build-gpu-check elsewhere): summary.txt,
+# gpu_check.log (everything) and results/ (+ run/ for the train stage). The
+# device tool brings back at most 8 files: when there are more, results/ and
+# run/ are packed into results.tar.gz beside summary.txt and gpu_check.log.
+# Copy results/ into benchmarks/results/ (run/ into benchmarks/results/runs/<name>/).
 #
-#   bash benchmarks/gpu_check.sh [--bundle DIR] [--budget SECONDS] [--only a,b] [--skip a,b] [--dry-run]
+#   bash benchmarks/gpu_check.sh [--suite fused|backend|all] [--bundle DIR] [--budget SECONDS]
+#                                [--only a,b] [--skip a,b] [--dry-run]
 #
+#   --suite S     fused (default), backend, or all; --only overrides it
 #   --bundle DIR  default build-gpu-bundle
 #   --budget S    total seconds for all stages (default 530: a device call allows 600)
 #   --only/--skip stage names, comma-separated
 #   --dry-run     here, without a GPU: check that the bundle is complete and
 #                 its libraries resolve, then print what would run
+# Environment: S2H_FMEMCHECK_QUICK, S2H_RACECHECK_FILTER (gtest filters of the sanitizer stages).
 #
 # The device tool's call: command "bash benchmarks/gpu_check.sh", carry ["build-gpu-bundle"].
 set -uo pipefail
@@ -52,17 +64,28 @@ BUDGET=530
 DRY=0
 ONLY=""
 SKIP=""
+SUITE=fused
 while [[ $# -gt 0 ]]; do
   case $1 in
+    --suite) SUITE=$2; shift 2 ;;
     --bundle) BUNDLE=$(realpath -m "$2"); shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,44p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+SUITE_FUSED="env,fused,torchattn,kbench,s2hstep,fmemcheck,fracecheck"
+SUITE_BACKEND="env,probe,runtime,ops,memcheck,gemm,resnet50,train"
+case $SUITE in
+  fused) SUITE_STAGES=$SUITE_FUSED ;;
+  backend) SUITE_STAGES=$SUITE_BACKEND ;;
+  all) SUITE_STAGES="$SUITE_BACKEND,$SUITE_FUSED" ;;
+  *) echo "gpu_check: --suite $SUITE: expected fused, backend or all" >&2; exit 2 ;;
+esac
+[[ -n $ONLY ]] || ONLY=$SUITE_STAGES
 
 T_START=$(date +%s)
 OUTDIR=${OUT:-$REPO/build-gpu-check}
@@ -98,7 +121,8 @@ if [[ $? != 0 || -n $check_sums ]]; then
   say "gpu_check: the bundle does not match its MANIFEST: $check_sums"
   bundle_ok=0
 fi
-for t in s2h test_ops_device test_cuda_runtime test_cuda_probe bench_train_step bench_gemm_peak; do
+for t in s2h test_ops_device test_cuda_runtime test_cuda_probe bench_train_step bench_gemm_peak kernel_bench \
+         test_fused_ops; do
   [[ -x $B/$t ]] || { say "MISSING binary: bin/$t"; bundle_ok=0; }
 done
 built_from=$(sed -n 's/^source_checksum: //p' "$BUNDLE/MANIFEST.txt")
@@ -162,7 +186,7 @@ run_bin() { LD_LIBRARY_PATH=$LIBPATH "$@"; }
 
 # ------------------------------------------------------------------ stages
 declare -A STATUS=() SECS=() NOTE=()
-ORDER=(env probe runtime ops memcheck gemm resnet50 train)
+ORDER=(env probe runtime ops memcheck gemm resnet50 train fused torchattn kbench s2hstep fmemcheck fracecheck)
 wanted() {
   [[ -n $ONLY && ,$ONLY, != *,$1,* ]] && return 1
   [[ -n $SKIP && ,$SKIP, == *,$1,* ]] && return 1
@@ -297,8 +321,98 @@ st_train() {
   return $rc
 }
 
-export B LIBPATH WORK OUTDIR REPO PY LOG BUNDLE DRY MEMCHECK_OWN MEMCHECK_LIB
-export -f X run_bin st_env st_probe st_runtime st_ops gtest_filter_of st_memcheck st_gemm st_resnet50 st_train
+# ---- issue 6: the fused kernels
+st_fused() { X run_bin "$B/test_fused_ops" --gtest_color=no; }
+# The sanitizers slow the GPU work (the library path of each check runs cuDNN
+# too), so memcheck first runs a quick subset that reaches every fused kernel
+# (forward, dgrad, wgrad with scales on an odd stride-2 shape, a bf16 weight,
+# attention forward and backward with a head scale and a skipped head), then
+# every other CUDA test in the time left; racecheck runs the quick kind only.
+# FusedOpsCuda.Racecheck* names tests written for the sanitizers (small shapes), if any.
+FMEMCHECK_QUICK=${S2H_FMEMCHECK_QUICK:-"FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.MaskedConvSoftOutScaleOnlyBf16Weight:FusedOpsCuda.SkippedHeadIsExactlyZero:FusedOpsCuda.FallbacksMatchTheLibraryPath:FusedOpsCuda.Racecheck*"}
+RACECHECK_FILTER=${S2H_RACECHECK_FILTER:-"FusedOpsCuda.Racecheck*:FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.SkippedHeadIsExactlyZero"}
+sanitizer() { command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer; }
+st_fmemcheck() {
+  local cs rc1 rc2
+  cs=$(sanitizer)
+  local t1=$((STAGE_LIMIT * 45 / 100)) t2=$((STAGE_LIMIT * 55 / 100 - 5))
+  echo "-- fused memcheck 1/2: quick subset $FMEMCHECK_QUICK (timeout ${t1}s)"
+  X run_bin timeout "$t1" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
+    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=$FMEMCHECK_QUICK"
+  rc1=$?
+  echo "-- fused memcheck 2/2: the other CUDA tests (timeout ${t2}s)"
+  X run_bin timeout "$t2" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
+    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=FusedOpsCuda.*-$FMEMCHECK_QUICK"
+  rc2=$?
+  echo "-- fused memcheck exit codes: $rc1 (quick subset), $rc2 (the rest)"
+  echo "   (99: memory errors, 1: test failures, 124: timeout)"
+  ((rc1 == 0 && rc2 == 0))
+}
+st_fracecheck() {
+  local cs rc
+  cs=$(sanitizer)
+  echo "-- fused racecheck (shared-memory hazards): $RACECHECK_FILTER"
+  X run_bin timeout $((STAGE_LIMIT - 5)) "$cs" --tool racecheck --error-exitcode 99 --print-limit 20 \
+    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=$RACECHECK_FILTER"
+  rc=$?
+  echo "-- fused racecheck exit code: $rc (99: hazards, 1: test failures, 124: timeout)"
+  return $rc
+}
+st_torchattn() {
+  export PYTHONUNBUFFERED=1
+  [[ ${DRY_RUN:-0} == 1 ]] || rm -f "$OUTDIR/results/torch_attention.json"
+  X "$PY" "$REPO/benchmarks/torch_attention.py" --require-gpu --json "$OUTDIR/results/torch_attention.json"
+}
+# kernel_bench in four processes (each measures the peak first), so that a
+# crash or a timeout in one section costs only that section; each writes its
+# JSON after every row. Then gpu_results.py turns the rows into the results files.
+st_kbench() {
+  local rc=0 r sec share t
+  local -a plan=("peak,masked:masked:38" "peak,hard:hard:27" "peak,dual:dual:15" "peak,attention:attention:20")
+  local -a files=()
+  for entry in "${plan[@]}"; do
+    IFS=: read -r sec name share <<<"$entry"
+    t=$(((STAGE_LIMIT - 15) * share / 100))
+    files+=("$OUTDIR/results/kernel_bench_$name.json")
+    [[ ${DRY_RUN:-0} == 1 ]] || rm -f "$OUTDIR/results/kernel_bench_$name.json"  # never a stale one
+    echo "-- kernel_bench --sections $sec (timeout ${t}s)"
+    X run_bin timeout "$t" "$B/kernel_bench" --require-gpu --sections "$sec" --json "$OUTDIR/results/kernel_bench_$name.json"
+    r=$?
+    echo "-- kernel_bench $sec: exit code $r (1: a verification failure or an error, 124: timeout)"
+    ((r == 0)) || rc=$r
+  done
+  if ! X "$PY" "$REPO/benchmarks/gpu_results.py" kernel-results "$OUTDIR/results" "${files[@]}" \
+    --torch "$OUTDIR/results/torch_attention.json"; then
+    ((rc != 0)) || rc=1
+  fi
+  return $rc
+}
+# The S2HPruner training step (soft + hard pass, one optimiser step) with the
+# fused kernels and with library kernels only; one run each, half the stage each.
+st_s2hstep() {
+  local per=$(((STAGE_LIMIT - 10) / 2)) k r rc=0
+  if ! grep -q -- "--kernels" "$B/bench_train_step"; then
+    echo "   bench_train_step in this bundle has no --kernels flag: rebuild the bundle with the --s2h / --kernels change"
+    [[ ${DRY_RUN:-0} == 1 ]] || return 3
+  fi
+  for k in fused library; do
+    echo "-- bench_train_step --s2h --kernels $k (timeout ${per}s)"
+    X run_bin timeout "$per" "$B/bench_train_step" --model resnet50 --device cuda --precision bf16 --batch 256 \
+      --image-size 64 --in-channels 3 --classes 200 --steps 10 --warmup 3 --threads 16 --s2h --kernels "$k" \
+      > "$OUTDIR/results/s2h_step_resnet50_$k.log"
+    r=$?
+    cat "$OUTDIR/results/s2h_step_resnet50_$k.log"
+    echo "-- --kernels $k: exit code $r (124: timeout)"
+    ((r == 0)) || rc=1
+  done
+  X "$PY" "$REPO/benchmarks/gpu_results.py" step-result "$OUTDIR/results/s2h_step_resnet50_fused.log" \
+    "$OUTDIR/results/s2h_step_resnet50_library.log" "$OUTDIR/results/s2h_step_resnet50.json" || rc=1
+  return $rc
+}
+
+export B LIBPATH WORK OUTDIR REPO PY LOG BUNDLE DRY MEMCHECK_OWN MEMCHECK_LIB FMEMCHECK_QUICK RACECHECK_FILTER
+export -f X run_bin st_env st_probe st_runtime st_ops gtest_filter_of st_memcheck st_gemm st_resnet50 st_train \
+  sanitizer st_fused st_fmemcheck st_fracecheck st_torchattn st_kbench st_s2hstep
 
 stage env 45 st_env
 stage probe 30 st_probe
@@ -308,6 +422,12 @@ stage memcheck 210 st_memcheck
 stage gemm 45 st_gemm
 stage resnet50 160 st_resnet50
 stage train 200 st_train
+stage fused 100 st_fused
+stage torchattn 60 st_torchattn
+stage kbench 220 st_kbench
+stage s2hstep 130 st_s2hstep
+stage fmemcheck 150 st_fmemcheck
+stage fracecheck 90 st_fracecheck
 
 # ------------------------------------------------------------------ summary
 gtest_counts() {  # "P passed, F failed, S skipped" from a stage's part of the log
@@ -315,10 +435,18 @@ gtest_counts() {  # "P passed, F failed, S skipped" from a stage's part of the l
     awk '/^\[  PASSED  \]/ {p = $4} /^\[  SKIPPED \]/ && /tests?,/ {s = $4} /^\[  FAILED  \]/ && /tests?,/ {f = $4}
          END {printf "%d passed, %d failed, %d skipped", p, f, s}'
 }
+stage_log() {  # one stage's part of the log
+  awk -v s="== stage $1 " 'index($0, s) == 1 {on = 1; next} /^== stage / {on = 0} on' "$LOG"
+}
 note_for() {
   case $1 in
-    probe|runtime|ops) gtest_counts "$1" ;;
-    memcheck) grep -o 'ERROR SUMMARY: [0-9]* errors\?' "$LOG" | tr '\n' ';' ;;
+    probe|runtime|ops|fused) gtest_counts "$1" ;;
+    memcheck|fmemcheck|fracecheck)
+      stage_log "$1" | grep -o 'ERROR SUMMARY: [0-9]* errors\?\|RACECHECK SUMMARY: [0-9]* hazards\? displayed[^)]*)' |
+        tr '\n' ';' ;;
+    kbench) "$PY" "$REPO/benchmarks/gpu_results.py" note kbench "$OUTDIR/results/kernel_bench_*.json" ;;
+    torchattn) "$PY" "$REPO/benchmarks/gpu_results.py" note torchattn "$OUTDIR/results/torch_attention.json" ;;
+    s2hstep) "$PY" "$REPO/benchmarks/gpu_results.py" note s2hstep "$OUTDIR/results/s2h_step_resnet50.json" ;;
     gemm) "$PY" "$REPO/benchmarks/gpu_results.py" note gemm "$OUTDIR/results/gpu_gemm_peak.log" ;;
     resnet50) "$PY" "$REPO/benchmarks/gpu_results.py" note resnet50 "$OUTDIR/results/gpu_train_step_resnet50_bf16.json" ;;
     train) "$PY" "$REPO/benchmarks/gpu_results.py" note train "$OUTDIR/results/gpu_train_resnet56_cifar10_bf16.json" ;;
@@ -328,17 +456,25 @@ note_for() {
   echo ""
   gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
   echo "== summary ($(elapsed)s of ${BUDGET}s; device: ${gpu:-none})"
-  printf '%-9s %-12s %6s  %s\n' stage status secs result
+  printf '%-10s %-12s %6s  %s\n' stage status secs result
   for s in "${ORDER[@]}"; do
+    wanted "$s" || continue
     n=${NOTE[$s]:-}
     [[ ${STATUS[$s]:-} == SKIP || $DRY == 1 ]] || n=$(note_for "$s")
-    printf '%-9s %-12s %6s  %s\n' "$s" "${STATUS[$s]:-?}" "${SECS[$s]:--}" "$n"
+    printf '%-10s %-12s %6s  %s\n' "$s" "${STATUS[$s]:-?}" "${SECS[$s]:--}" "$n"
   done
 } | tee "$OUTDIR/summary.txt" | tee -a "$LOG"
 fail=0
 for s in "${ORDER[@]}"; do
   case ${STATUS[$s]:-} in PASS|SKIP|DRY-OK) ;; *) fail=1 ;; esac
 done
+# The device tool brings back at most 8 files: pack results/ and run/ when there are more.
+if [[ -n ${OUT:-} && $DRY == 0 ]] && (($(find "$OUTDIR" -type f | wc -l) > 8)); then
+  if tar -C "$OUTDIR" -czf "$OUTDIR/results.tar.gz" results run; then
+    rm -rf "$OUTDIR/results" "$OUTDIR/run"
+    say "results/ and run/ packed into results.tar.gz (tar -xzf results.tar.gz): $(tar -tzf "$OUTDIR/results.tar.gz" | grep -vc '/$') files"
+  fi
+fi
 if [[ $DRY == 1 ]]; then
   ((fail == 0)) && echo "dry run: the bundle is complete and its libraries resolve here; the stages above would run." ||
     echo "dry run: problems above (the bundle or its libraries)."

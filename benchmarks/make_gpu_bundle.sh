@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds (here, on a machine without a GPU) everything benchmarks/gpu_check.sh
 # runs on a GPU machine, and packs it into one folder that travels with the
-# working tree: the binaries (sm_90), the shared libraries they need that a
-# bare Ubuntu + CUDA image may lack, and the CIFAR-10 JPEG tarball.
+# working tree: the binaries (sm_90: s2h, the CUDA tests test_cuda_probe,
+# test_cuda_runtime, test_ops_device and test_fused_ops, the benchmarks
+# bench_train_step, bench_gemm_peak and kernel_bench), the shared libraries
+# they need that a bare Ubuntu + CUDA image may lack, and the CIFAR-10 JPEG
+# tarball.
 #
 #   bash benchmarks/make_gpu_bundle.sh [--build DIR] [--out DIR] [--no-build] [--jobs N]
 #                                      [--data FILE] [--max-mib 60]
@@ -44,7 +47,7 @@ while [[ $# -gt 0 ]]; do
     --jobs) JOBS=$2; shift 2 ;;
     --data) DATA=$2; shift 2 ;;
     --max-mib) MAX_MIB=$2; shift 2 ;;
-    -h|--help) sed -n '2,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "make_gpu_bundle: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,8 +62,11 @@ declare -A BIN_PATH=(
   [test_cuda_probe]=tests/test_cuda_probe
   [bench_train_step]=benchmarks/bench_train_step
   [bench_gemm_peak]=benchmarks/bench_gemm_peak
+  [kernel_bench]=apps/kernel_bench
+  [test_fused_ops]=tests/test_fused_ops
 )
-TARGETS=(s2h test_ops_device test_cuda_runtime test_cuda_probe bench_train_step bench_gemm_peak)
+TARGETS=(s2h test_ops_device test_cuda_runtime test_cuda_probe bench_train_step bench_gemm_peak kernel_bench
+         test_fused_ops)
 
 # ------------------------------------------------------------------ build
 if [[ $DO_BUILD == 1 ]]; then

@@ -126,10 +126,13 @@ Storage::~Storage() {
 // ------------------------------------------------------------------ precision
 namespace {
 Precision g_precision = Precision::FP32;
+bool g_fused_kernels = true;
 }
 
 Precision precision() { return g_precision; }
 void set_precision(Precision p) { g_precision = p; }
+bool fused_kernels() { return g_fused_kernels; }
+void set_fused_kernels(bool on) { g_fused_kernels = on; }
 
 const char* precision_name(Precision p) {
   switch (p) {

@@ -47,6 +47,19 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, Options opt)
 }
 
 Tensor Conv2d::forward(const Tensor& x) {
+  if (keep_out.defined() || keep_in.defined() || in_scale.defined()) {
+    S2H_CHECK(options.groups == 1 && options.dilation == 1,
+              "{}: kept-channel indexes and input scales need groups 1 and dilation 1", describe());
+    MaskedConvOptions m;
+    m.stride = options.stride;
+    m.padding = options.padding;
+    m.in_index = keep_in;
+    m.out_index = keep_out;
+    m.in_scale = in_scale;
+    m.out_channels = out_channels;
+    Tensor y = masked_conv2d(x, weight, m);
+    return bias.defined() ? add(y, bias.to(y.dtype())) : y;
+  }
   Conv2dOptions o;
   o.stride = {options.stride, options.stride};
   o.padding = {options.padding, options.padding};

@@ -32,6 +32,15 @@ class Conv2d : public Module {
   int64_t in_channels, out_channels, kernel_size;
   Options options;
   Tensor weight, bias;
+  // Set only for the duration of a call (groups 1, dilation 1), by
+  // models::NarrowView and the models' mask folding; the forward then is
+  // masked_conv2d (engine/ops.h), one fused kernel on CUDA:
+  //   keep_out / keep_in (i64): the weight rows / input columns a narrow layer
+  //   computes, while `weight` stays the full tensor (its gradient lands in the
+  //   kept rows and columns); out_channels / in_channels are the narrow sizes;
+  //   in_scale [in_channels]: multiplies the input channels first (a soft
+  //   ChannelMask folded into the conv that reads it).
+  Tensor keep_out, keep_in, in_scale;
 };
 
 class Linear : public Module {

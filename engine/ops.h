@@ -110,4 +110,47 @@ Tensor kl_div(const Tensor& input, const Tensor& target, bool log_target = false
 // Inverted dropout: zeroes with probability p and scales the rest by 1/(1-p).
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen = nullptr);
 
+// ------------------------------------------------------------------ fused S2HPruner ops
+// Single autograd ops for S2HPruner's soft and hard passes. On CUDA under the
+// bf16 policy, with fused_kernels() on (engine/precision.h) and a shape the
+// kernels handle, each is one handwritten kernel per direction
+// (kernels/cuda/masked_conv.h, attention.h); otherwise it computes the same
+// thing by composing the ops above, which is the CPU reference and, on CUDA,
+// the "library kernels only" path.
+
+// y = out_scale (.) conv2d(in_scale (.) x, W') with W' = weight[out_index][:, :][in_index]
+// (groups 1, dilation 1, no bias). x [N,H,W,c]; weight [O,K,K,C] (the FULL
+// weight); y [N,Ho,Wo,o]. Hard layers: in_index [c] / out_index [o] (i64, on
+// any device) pick the weight's input columns / rows; undefined means the
+// prefix (c = x.size(3) <= C columns; o = out_channels rows, default O).
+// Index lists must not repeat a channel. Soft layers: in_scale [c] / out_scale
+// [o] (f32 or bf16, on any device: they are moved to x's) scale the input and
+// output channels; their gradients flow. Any combination is allowed.
+struct MaskedConvOptions {
+  int64_t stride = 1, padding = 0;
+  Tensor in_scale, out_scale;
+  Tensor in_index, out_index;
+  int64_t out_channels = -1;  // prefix width when out_index is undefined; -1: all rows
+};
+Tensor masked_conv2d(const Tensor& x, const Tensor& weight, const MaskedConvOptions& opt);
+
+// The soft and the hard conv of one layer in one op (one launch on CUDA):
+// soft = masked_conv2d(x_soft, weight, soft_opt) (full widths, soft_opt's
+// scales; its index fields must be undefined) and
+// hard = masked_conv2d(x_hard, weight, {prefix: x_hard.size(3) columns,
+// hard_out rows, no scales}). Both use soft_opt's stride and padding.
+std::pair<Tensor, Tensor> dual_conv2d(const Tensor& x_soft, const Tensor& x_hard, const Tensor& weight,
+                                      const MaskedConvOptions& soft_opt, int64_t hard_out);
+
+// Multi-head attention without materialised logits on CUDA:
+// out[b,i,h,:] = head_scale[h] * head_keep[h] * sum_j softmax_j(softmax_scale * q_i.k_j + pad_j) v_j
+// q, k, v: [B, L, H, D] (any strides); pad_j = -1e9 where key_padding[b, j]
+// != 0 (u8 [B, L]); head_scale [H] (f32, any device, gradient flows); head_keep [H] (u8,
+// 0 = skipped head: zero output, no gradient). Returns [B, L, H, D].
+struct AttentionOptions {
+  double softmax_scale = 1.0;
+  Tensor key_padding, head_scale, head_keep;  // each optional
+};
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& opt);
+
 }  // namespace s2h

@@ -30,6 +30,13 @@ DType gemm_dtype(Device device, DType input);
 // True under the tf32 policy (cuBLAS / cuDNN may use TF32 tensor cores).
 bool allow_tf32();
 
+// The handwritten fused kernels (masked / hard / dual conv, attention: the
+// fused ops of ops.h) on CUDA: on by default; off runs the same ops with
+// library kernels only (cuDNN / cuBLAS plus elementwise kernels), e.g. for the
+// "library only" baseline of the S2HPruner step (--kernels library).
+bool fused_kernels();
+void set_fused_kernels(bool on);
+
 // Sets the policy for the scope, restores the previous one after.
 class PrecisionGuard {
  public:

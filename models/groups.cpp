@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/layers.h"
+#include "engine/precision.h"
 
 namespace s2h::models {
 
@@ -109,6 +110,25 @@ Tensor ChannelMask::forward(const Tensor& x) {
   Tensor s = scale.reshape({channels}).to(x.device()).to(x.dtype());
   if (unit > 1) s = reshape(expand(reshape(s, {channels, 1}), {channels, unit}), {channels * unit});
   return mul(x, s);
+}
+
+Tensor mask_then_conv(ChannelMask& mask, Conv2d& conv, const Tensor& h) {
+  const bool fold = mask.scale.defined() && mask.unit == 1 && h.device().is_cuda() && fused_kernels() &&
+                    precision() == Precision::BF16 && conv.options.groups == 1 && conv.options.dilation == 1 &&
+                    !conv.in_scale.defined();
+  if (!fold) return conv(mask(h));
+  S2H_CHECK(mask.scale.numel() == mask.channels && h.dim() >= 1 && h.size(-1) == mask.channels,
+            "{}: input {} / scale {} do not match {} channels", mask.describe(), h.str(), mask.scale.str(),
+            mask.channels);
+  conv.in_scale = mask.scale;
+  try {
+    Tensor y = conv(h);
+    conv.in_scale = Tensor();
+    return y;
+  } catch (...) {
+    conv.in_scale = Tensor();
+    throw;
+  }
 }
 
 std::string ChannelMask::describe() const {

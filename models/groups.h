@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/layers.h"
 #include "engine/module.h"
 
 namespace s2h::models {
@@ -75,5 +76,12 @@ class ChannelMask : public Module {
   int64_t channels, unit;
   Tensor scale;  // undefined: identity
 };
+
+// conv(mask(h)), where the mask's output feeds only this conv. When the fused
+// kernels apply (CUDA, bf16 policy, fused_kernels() on, a unit-1 mask with a
+// scale, a conv with groups 1 and dilation 1), the mask is folded into the
+// conv as its input scale (Conv2d::in_scale): one masked_conv2d, whose
+// backward also gives the mask's gradient. Elsewhere it is the two modules.
+Tensor mask_then_conv(ChannelMask& mask, Conv2d& conv, const Tensor& h);
 
 }  // namespace s2h::models

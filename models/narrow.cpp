@@ -20,6 +20,9 @@ class Editor {
   // member <- member.index_select(axis, index)
   virtual void tensor(Tensor& member, int64_t axis, const Tensor& index) = 0;
   virtual void size(int64_t& field, int64_t value) = 0;
+  // A Conv2d weight's rows (axis 0) or input columns (axis 3); by default
+  // like tensor().
+  virtual void conv_weight(Conv2d& c, int64_t axis, const Tensor& index) { tensor(c.weight, axis, index); }
   // The ChannelMask's scale in the narrow network (undefined: identity).
   virtual void mask_scale(Tensor& scale, const Tensor& value) = 0;
 };
@@ -53,7 +56,7 @@ T* find_as(const std::map<std::string, Module*>& mods, const std::string& name, 
 void shrink_rows(Editor& ed, Module* m, const Tensor& feat, int64_t n_feat, const std::string& group,
                  const std::string& name) {
   if (auto* c = dynamic_cast<Conv2d*>(m)) {
-    ed.tensor(c->weight, 0, feat);
+    ed.conv_weight(*c, 0, feat);
     if (c->bias.defined()) ed.tensor(c->bias, 0, feat);
     ed.size(c->out_channels, n_feat);
   } else if (auto* l = dynamic_cast<Linear*>(m)) {
@@ -96,7 +99,7 @@ void shrink(Module& model, const std::vector<ChannelGroup>& groups, const Channe
       Module* m = mods.count(name) ? mods.at(name) : nullptr;
       if (auto* c = dynamic_cast<Conv2d*>(m)) {
         S2H_CHECK(c->options.groups == 1, "narrowing group {}: consumer '{}' is a grouped conv", g.name, name);
-        ed.tensor(c->weight, 3, feat);
+        ed.conv_weight(*c, 3, feat);
         ed.size(c->in_channels, n_feat);
       } else if (auto* l = dynamic_cast<Linear*>(m)) {
         const int64_t repeat = l->in_features / width;
@@ -169,6 +172,15 @@ class ViewEditor : public Editor {
   void mask_scale(Tensor& scale, const Tensor& value) override {
     save(scale);
     scale = value;
+  }
+  // A plain conv keeps its full weight and computes only the kept rows and
+  // columns through masked_conv2d (no gathered weight copy; on CUDA one hard
+  // kernel whose time falls with the kept FLOPs).
+  void conv_weight(Conv2d& c, int64_t axis, const Tensor& index) override {
+    if (c.options.groups != 1 || c.options.dilation != 1) return tensor(c.weight, axis, index);
+    Tensor& member = axis == 0 ? c.keep_out : c.keep_in;
+    save(member);
+    member = index;
   }
 
  private:

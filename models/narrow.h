@@ -6,8 +6,11 @@
 //   modules' tensor members are rebound to index_select(original) (so
 //   gradients flow back to the full parameters), their sizes (out_channels,
 //   num_heads, ...) set to the narrow ones; everything is restored when the
-//   view dies. S2HPruner's hard forward pass is the model under a NarrowView:
-//   a physically narrower computation, not a multiplication by zero.
+//   view dies. Plain convolutions (groups 1) are the exception: they keep
+//   their full weight and get the kept row / column indexes (Conv2d::keep_out,
+//   keep_in), so they run as one hard masked_conv2d. S2HPruner's hard forward
+//   pass is the model under a NarrowView: a physically narrower computation,
+//   not a multiplication by zero.
 // - narrow_model(): the same shrinking made permanent, with new contiguous
 //   tensors (parameters keep requires_grad; registered parameters and buffers
 //   see the new tensors). `s2h eval` rebuilds an extracted network with it

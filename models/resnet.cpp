@@ -119,8 +119,8 @@ BasicBlock::BasicBlock(int64_t in, int64_t out, int64_t stride) {
 }
 
 Tensor BasicBlock::forward(const Tensor& x) {
-  Tensor h = (*mask1)(relu((*bn1)((*conv1)(x))));
-  h = (*mask2)((*bn2)((*conv2)(h)));
+  Tensor h = relu((*bn1)((*conv1)(x)));
+  h = (*mask2)((*bn2)(mask_then_conv(*mask1, *conv2, h)));
   return relu(add(h, downsample ? (*downsample)(x) : x));
 }
 
@@ -144,9 +144,9 @@ Bottleneck::Bottleneck(int64_t in, int64_t planes, int64_t stride) {
 }
 
 Tensor Bottleneck::forward(const Tensor& x) {
-  Tensor h = (*mask1)(relu((*bn1)((*conv1)(x))));
-  h = (*mask2)(relu((*bn2)((*conv2)(h))));
-  h = (*mask3)((*bn3)((*conv3)(h)));
+  Tensor h = relu((*bn1)((*conv1)(x)));
+  h = relu((*bn2)(mask_then_conv(*mask1, *conv2, h)));
+  h = (*mask3)((*bn3)(mask_then_conv(*mask2, *conv3, h)));
   return relu(add(h, downsample ? (*downsample)(x) : x));
 }
 
@@ -233,8 +233,8 @@ WideBlock::WideBlock(int64_t in, int64_t out, int64_t stride) {
 
 Tensor WideBlock::forward(const Tensor& x) {
   const Tensor h = (*in_mask)(relu((*bn1)(x)));
-  Tensor o = (*mask1)(relu((*bn2)((*conv1)(h))));
-  o = (*mask2)((*conv2)(o));
+  Tensor o = relu((*bn2)((*conv1)(h)));
+  o = (*mask2)(mask_then_conv(*mask1, *conv2, o));
   // The conv shortcut reads the activated input; the identity one the raw stream.
   return add(o, shortcut ? (*shortcut_mask)((*shortcut)(h)) : x);
 }

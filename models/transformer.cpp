@@ -72,26 +72,24 @@ MultiheadSelfAttention::MultiheadSelfAttention(int64_t dim, int64_t num_heads)
 Tensor MultiheadSelfAttention::forward(const Tensor& x) {
   S2H_CHECK(x.dim() == 3 && x.size(2) == dim, "{}: expected input [B, L, {}], got {}", describe(), dim, x.str());
   const int64_t B = x.size(0), L = x.size(1), H = num_heads, D = head_dim;
-  // [B, L, H*D] -> [B*H, L, D]; q is scaled before the product (as timm).
-  auto split = [&](const Tensor& t) { return t.reshape({B, L, H, D}).permute({0, 2, 1, 3}).reshape({B * H, L, D}); };
-  Tensor qh = split(mul_scalar((*q)(x), 1.0 / std::sqrt(static_cast<double>(D))));
-  Tensor kt = (*k)(x).reshape({B, L, H, D}).permute({0, 2, 3, 1}).reshape({B * H, D, L});
-  Tensor vh = split((*v)(x));
-  Tensor logits = bmm(qh, kt);  // [B*H, L(query), L(key)]
-  if (key_padding.defined()) {
+  if (key_padding.defined())
     S2H_CHECK(key_padding.dtype() == DType::U8 && key_padding.dim() == 2 && key_padding.size(0) == B &&
                   key_padding.size(1) == L,
               "{}: key padding must be u8 [{}, {}], got {}", describe(), B, L, key_padding.str());
-    std::vector<double> bias(static_cast<size_t>(B * L));
-    const Tensor pad = key_padding.contiguous().to(Device::cpu());
-    const uint8_t* p = pad.data<uint8_t>();
-    for (int64_t i = 0; i < B * L; ++i) bias[static_cast<size_t>(i)] = p[i] ? kMaskedLogit : 0.0;
-    Tensor b = Tensor::from_vector(bias, {B, 1, 1, L}).to(logits.device()).to(logits.dtype());
-    logits = add(logits.reshape({B, H, L, L}), b).reshape({B * H, L, L});
+  // One attention op over [B, L, H, D] views of the projections (a fused
+  // kernel on CUDA under bf16); the soft head mask is its per-head output
+  // scale. H*D < dim when heads are pruned.
+  AttentionOptions o;
+  o.softmax_scale = 1.0 / std::sqrt(static_cast<double>(D));
+  o.key_padding = key_padding;
+  if (head_mask->scale.defined()) {
+    S2H_CHECK(head_mask->scale.numel() == H, "{}: head mask has {} values, expected {}", describe(),
+              head_mask->scale.numel(), H);
+    o.head_scale = head_mask->scale;
   }
-  Tensor out = bmm(softmax(logits, -1), vh);  // [B*H, L, D]
-  out = out.reshape({B, H, L, D}).permute({0, 2, 1, 3}).reshape({B, L, H * D});  // H*D < dim when heads are pruned
-  return (*proj)((*head_mask)(out));
+  auto heads = [&](const Tensor& t) { return t.reshape({B, L, H, D}); };
+  const Tensor out = attention(heads((*q)(x)), heads((*k)(x)), heads((*v)(x)), o);
+  return (*proj)(out.reshape({B, L, H * D}));
 }
 
 int64_t MultiheadSelfAttention::flops(const Tensor& in, const Tensor& out) const {

@@ -599,5 +599,67 @@ TEST(ModelsCnn, MasksCutVgg) {
   check_masks_cut(*models::make_model("vgg16-bn", cifar(32)), cifar(32), 1, "vgg16-bn");
 }
 
+
+// The two ways a Conv2d becomes masked_conv2d (engine/layers.h): kept-channel
+// indexes over the full weight (NarrowView's hard layers) and an input scale
+// (a ChannelMask folded in): the same values and gradients as the unfused
+// modules, and the full weight's gradient lands only in the kept rows/columns.
+TEST(ModelsCnn, Conv2dKeptIndexesAndInputScale) {
+  namespace s = s2h;
+  for (int64_t k : {1, 3})
+    for (int64_t stride : {1, 2}) {
+      s::Conv2d c(6, 5, k, {stride, k / 2, 1, 1, true});
+      const Tensor x_full = randn({2, 7, 7, 6}, DType::F32);
+      const Tensor keep_out = Tensor::from_vector(std::vector<int64_t>{4, 1, 2}, {3});
+      const Tensor keep_in = Tensor::from_vector(std::vector<int64_t>{5, 0, 3}, {3});
+      const Tensor x = index_select(x_full, 3, keep_in);
+      // Reference: the gathered weight through plain conv2d.
+      const Tensor w_ref = c.weight.detach().clone().set_requires_grad(true);
+      Conv2dOptions o;
+      o.stride = {stride, stride};
+      o.padding = {k / 2, k / 2};
+      const Tensor y_ref =
+          conv2d(x, index_select(index_select(w_ref, 0, keep_out), 3, keep_in), index_select(c.bias, 0, keep_out), o);
+      // Narrow layer as NarrowView sets it up.
+      c.keep_out = keep_out;
+      c.keep_in = keep_in;
+      const Tensor full_bias = c.bias;
+      c.bias = index_select(full_bias, 0, keep_out);
+      c.out_channels = 3;
+      c.in_channels = 3;
+      const Tensor y = c(x);
+      expect_close(y, y_ref, 1e-5, 1e-6, fmt::format("hard conv k={} stride={}", k, stride));
+      const Tensor r = randn(y.shape(), DType::F32);
+      sum(mul(y, r)).backward();
+      sum(mul(y_ref, r)).backward();
+      expect_close(c.weight.grad(), w_ref.grad(), 1e-5, 1e-6, "full weight gradient");
+      const std::vector<double> g = values(c.weight.grad());
+      for (int64_t oi = 0; oi < 5; ++oi) {
+        for (int64_t t = 0; t < k * k; ++t) {
+          for (int64_t ci = 0; ci < 6; ++ci) {
+            const bool kept = (oi == 4 || oi == 1 || oi == 2) && (ci == 5 || ci == 0 || ci == 3);
+            if (!kept) {
+              EXPECT_EQ(g[static_cast<size_t>((oi * k * k + t) * 6 + ci)], 0.0);
+            }
+          }
+        }
+      }
+
+      // A folded input scale: conv(x * s) with the gradient of s.
+      s::Conv2d d(6, 4, k, {stride, k / 2, 1, 1, false});
+      const Tensor sc = uniform({6}, 0.1, 1.0, DType::F32).set_requires_grad(true);
+      const Tensor sc_ref = sc.detach().clone().set_requires_grad(true);
+      const Tensor y2_ref = d(mul(x_full, sc_ref));
+      d.in_scale = sc;
+      const Tensor y2 = d(x_full);
+      d.in_scale = Tensor();
+      expect_close(y2, y2_ref, 1e-5, 1e-6, "input-scaled conv");
+      const Tensor r2 = randn(y2.shape(), DType::F32);
+      sum(mul(y2, r2)).backward();
+      sum(mul(y2_ref, r2)).backward();
+      expect_close(sc.grad(), sc_ref.grad(), 1e-4, 1e-5, "input-scale gradient");
+    }
+}
+
 }  // namespace
 }  // namespace s2h::test

@@ -44,6 +44,9 @@ struct TrainOptions {
   int threads = 0;
   std::string device = "cpu";
   std::string precision = "fp32";
+  // fused | library (engine/precision.h: fused_kernels). A speed choice, not
+  // saved in config.json: a resumed run uses the flag it is given.
+  std::string kernels = "fused";
   std::string out;
   bool overwrite = false;
   bool resume = false;

@@ -313,7 +313,11 @@ Device setup_device(const std::string& device, const std::string& precision) {
   return Device::parse(device);
 }
 
-Device setup_device(const TrainOptions& o) { return setup_device(o.device, o.precision); }
+Device setup_device(const TrainOptions& o) {
+  S2H_CHECK(o.kernels == "fused" || o.kernels == "library", "--kernels must be fused or library, got '{}'", o.kernels);
+  set_fused_kernels(o.kernels == "fused");
+  return setup_device(o.device, o.precision);
+}
 
 int set_threads(int threads) {
   S2H_CHECK(threads >= 0, "--threads must be >= 0, got {}", threads);

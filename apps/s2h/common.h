@@ -90,6 +90,7 @@ int set_threads(int threads);
 void validate_device_flags(const std::string& device, const std::string& precision);
 // The device of --device, with the --precision policy set for the process.
 Device setup_device(const std::string& device, const std::string& precision);
+// Also sets the --kernels choice (fused_kernels()).
 Device setup_device(const TrainOptions& o);
 // "cpu" or "cuda (NVIDIA H100 80GB HBM3, bf16)" for progress lines.
 std::string device_label(Device dev);

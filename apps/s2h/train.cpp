@@ -116,6 +116,11 @@ void add_training_flags(CLI::App* cmd, TrainOptions& o, bool resume) {
                   "(bf16 activations and GEMM/conv inputs with fp32 accumulation; weights, optimiser state, losses and "
                   "norm statistics stay fp32). The CPU computes in fp32")
       ->capture_default_str()->group("Run");
+  cmd->add_option("--kernels", o.kernels,
+                  "CUDA kernels for S2HPruner's masked / hard convolutions and for attention: fused (the handwritten "
+                  "fused kernels, used under --precision bf16) or library (cuDNN / cuBLAS plus elementwise kernels "
+                  "only; the same math). No effect on the CPU")
+      ->capture_default_str()->group("Run");
   cmd->add_option("--out", o.out, "Output folder (default: runs/<model>-<data>-<date-time>)")->group("Run");
   cmd->add_flag("--overwrite", o.overwrite, "Start afresh in an --out folder that already holds a run")->group("Run");
   if (resume) {
@@ -195,6 +200,7 @@ void validate_training_options(const TrainOptions& o) {
   S2H_CHECK(!o.resume || !o.out.empty(), "--resume needs --out, the folder of the run to continue");
   LrSchedule::parse_kind(o.schedule);
   validate_device_flags(o.device, o.precision);
+  S2H_CHECK(o.kernels == "fused" || o.kernels == "library", "--kernels must be fused or library, got '{}'", o.kernels);
 }
 
 namespace {
