@@ -20,9 +20,9 @@
 
 #include "engine/ops_util.h"
 #include "engine/precision.h"
+#include "kernels/cuda/masked_conv.h"
 #if S2H_HAVE_CUDA
 #include "kernels/cuda/attention.h"
-#include "kernels/cuda/masked_conv.h"
 #include "kernels/cuda/runtime.h"
 #endif
 
@@ -71,11 +71,9 @@ void check_scale(const Tensor& scale, int64_t len, const Tensor& x, const char* 
 }
 
 // ------------------------------------------------------------------ masked conv geometry
-// One masked conv after its inputs were checked.
-struct ConvPlan {
-  int64_t n = 0, h = 0, w = 0, c = 0, o = 0, k = 1, stride = 1, pad = 0, ho = 0, wo = 0;
-  int64_t w_rows = 0, w_cols = 0;  // the full weight's O and C
-};
+// One masked conv after its inputs were checked: the kernels' shape struct
+// (plain sizes; kernels/cuda/masked_conv.h needs no CUDA header).
+using ConvPlan = cuda::MaskedConvShape;
 
 // Checks x, weight and opt for one masked conv (`op` names it in messages;
 // `x_name` names x) and returns its geometry.
@@ -201,23 +199,6 @@ bool conv_fusable(const Tensor& x, const ConvPlan& p) {
          (p.stride == 1 || p.stride == 2);
 }
 
-cuda::MaskedConvShape shape_of(const ConvPlan& p) {
-  cuda::MaskedConvShape s;
-  s.n = p.n;
-  s.h = p.h;
-  s.w = p.w;
-  s.c = p.c;
-  s.o = p.o;
-  s.k = p.k;
-  s.stride = p.stride;
-  s.pad = p.pad;
-  s.ho = p.ho;
-  s.wo = p.wo;
-  s.w_rows = p.w_rows;
-  s.w_cols = p.w_cols;
-  return s;
-}
-
 // The kernel-side form of a layer's indexes and scales: contiguous i64 / f32
 // tensors on the device without history, kept alive by whoever holds this.
 struct ConvDeviceArgs {
@@ -302,7 +283,7 @@ Tensor record_masked_conv(Tensor y, const char* name, const cuda::MaskedConvShap
 
 Tensor masked_conv_fused(const Tensor& x, const Tensor& weight, const MaskedConvOptions& opt, const ConvPlan& p) {
   const Device dev = x.device();
-  const cuda::MaskedConvShape s = shape_of(p);
+  const cuda::MaskedConvShape& s = p;
   cuda::masked_conv_check(s, weight.dtype(), "masked_conv2d");
   const Tensor xb = x.to(DType::BF16);  // autograd cast: x's gradient comes back in x's dtype
   const ConvDeviceArgs dargs(opt, dev);
@@ -316,7 +297,7 @@ Tensor masked_conv_fused(const Tensor& x, const Tensor& weight, const MaskedConv
 std::pair<Tensor, Tensor> dual_conv_fused(const Tensor& x_soft, const Tensor& x_hard, const Tensor& weight,
                                           const MaskedConvOptions& soft_opt, const ConvPlan& ps, const ConvPlan& ph) {
   const Device dev = x_soft.device();
-  const cuda::MaskedConvShape ss = shape_of(ps), sh = shape_of(ph);
+  const cuda::MaskedConvShape &ss = ps, &sh = ph;
   cuda::masked_conv_check(ss, weight.dtype(), "dual_conv2d (soft)");
   cuda::masked_conv_check(sh, weight.dtype(), "dual_conv2d (hard)");
   const Tensor xsb = x_soft.to(DType::BF16), xhb = x_hard.to(DType::BF16);

@@ -37,6 +37,18 @@ bool allow_tf32();
 bool fused_kernels();
 void set_fused_kernels(bool on);
 
+// Sets fused_kernels() for a scope, restores the previous setting after.
+class FusedKernelsGuard {
+ public:
+  explicit FusedKernelsGuard(bool on) : prev_(fused_kernels()) { set_fused_kernels(on); }
+  ~FusedKernelsGuard() { set_fused_kernels(prev_); }
+  FusedKernelsGuard(const FusedKernelsGuard&) = delete;
+  FusedKernelsGuard& operator=(const FusedKernelsGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
 // Sets the policy for the scope, restores the previous one after.
 class PrecisionGuard {
  public:

@@ -14,6 +14,18 @@ namespace s2h {
 void set_poison_allocations(bool on);
 bool poison_allocations();
 
+// Sets the poisoning for a scope, restores the previous setting after.
+class PoisonGuard {
+ public:
+  explicit PoisonGuard(bool on) : prev_(poison_allocations()) { set_poison_allocations(on); }
+  ~PoisonGuard() { set_poison_allocations(prev_); }
+  PoisonGuard(const PoisonGuard&) = delete;
+  PoisonGuard& operator=(const PoisonGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
 class Storage {
  public:
   // Allocates nbytes (uninitialised) on the device. CPU memory is 64-byte

@@ -92,7 +92,16 @@ Tensor VGG::forward(const Tensor& x) {
   const auto& layers = features_->children();
   for (size_t i = 0; i < layers.size(); ++i) {
     h = (*layers[i].second)(h);
-    if (mask_after_[i]) h = (*mask_after_[i])(h);
+    if (!mask_after_[i]) continue;
+    // A mask that feeds the next conv directly is folded into it (one masked conv on CUDA).
+    auto* next = i + 1 < layers.size() ? dynamic_cast<Conv2d*>(layers[i + 1].second.get()) : nullptr;
+    if (next) {
+      h = mask_then_conv(*mask_after_[i], *next, h);
+      ++i;
+      if (mask_after_[i]) h = (*mask_after_[i])(h);
+    } else {
+      h = (*mask_after_[i])(h);
+    }
   }
   if (avgpool_) h = (*avgpool_)(h);
   return (*classifier_)(h.flatten(1));

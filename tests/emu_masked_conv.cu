@@ -128,6 +128,28 @@ void emu_gemm_loop(std::vector<Ld>& ld, float* acc, Guarded<bf16>& sm, int ktile
   }
 }
 
+// Every block of a grid, in launch order (z slowest).
+template <class F>
+void for_each_block(const dim3& grid, F f) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned bx = 0; bx < grid.x; ++bx)
+      for (unsigned by = 0; by < grid.y; ++by) f(bx, by, z);
+}
+
+// A block of fwd_kernel / dgrad_kernel / wgrad_kernel after its tables: gemm_block (the K loop over all
+// threads' loaders, the accumulator staged in layout CL into a NaN-filled buffer), then epi(cs) as the
+// epilogue; the guard zones of both shared buffers must stay poisoned.
+template <class CL, class Ld, class Epi>
+void emu_block(std::vector<Ld>& ld, int ktiles, Epi epi, const std::string& ctx) {
+  std::vector<float> acc(kBM * kBN, 0.f);
+  Guarded<bf16> sm(kSmemBytes / 2, poison_bf());
+  emu_gemm_loop(ld, acc.data(), sm, ktiles);
+  Guarded<float> cs(kSmemBytes / 4, std::numeric_limits<float>::quiet_NaN());
+  host_store<CL>(acc.data(), cs.data());
+  epi(cs.data());
+  expect(sm.guards_ok() && cs.guards_ok(), "smem guard", ctx);
+}
+
 // ---- data
 struct Case {
   const char* name;
@@ -218,39 +240,14 @@ struct Cmp {
   }
 };
 
-// ---- forward
+// The A operand as the kernels multiply it: the scaled input rounded to bf16.
+static double a_ref(float scale, double x) { return bf2f(f2bf(scale * static_cast<float>(x))); }
+
+// Compares y [n, ho, wo, o] with the direct convolution of x [n, h, w, c] (channel ci scaled by isc) with
+// d's weight, output channel oi scaled by osc (null: 1).
 template <class WT>
-void run_forward(const Data<WT>& d, bool force_scalar, const std::string& ctx) {
-  const auto& s = d.s;
-  std::vector<bf16> y(s.n * s.ho * s.wo * s.o, poison_bf());
-  ConvLaunch<WT> l = forward_launch<WT>(s, d.args(), d.x.data(), d.w.data(), y.data());
-  if (force_scalar) l.vec_a = false;
-  auto block = [&]<bool VEC>() {
-    const auto& p = l.p;
-    for (unsigned bx = 0; bx < l.grid.x; ++bx)
-      for (unsigned by = 0; by < l.grid.y; ++by) {
-        PixelTable tab;
-        int64_t wrow[kBN];
-        std::memset(&tab, 0x55, sizeof(tab));
-        const int m0 = bx * kBM, n0 = by * kBN;
-        for (int t = 0; t < kThreads; ++t) {
-          fill_pixel_table(tab, p.g, m0, t);
-          fill_weight_rows(wrow, p.out_index, p.g.o, static_cast<int64_t>(p.g.taps) * p.g.w_cols, n0, t);
-        }
-        std::vector<FwdLoader<WT, VEC>> ld(kThreads);
-        for (int t = 0; t < kThreads; ++t) ld[t].init(p, &tab, wrow, t);
-        std::vector<float> acc(kBM * kBN, 0.f);
-        Guarded<bf16> sm(kSmemBytes / 2, poison_bf());
-        emu_gemm_loop(ld, acc.data(), sm, static_cast<int>(cdiv(p.g.taps * p.g.c, kBK)));
-        Guarded<float> cs(kSmemBytes / 4, std::numeric_limits<float>::quiet_NaN());
-        host_store<RowMajor>(acc.data(), cs.data());
-        for (int t = 0; t < kThreads; ++t)
-          store_output(cs.data(), p.y, p.out_scale, p.g.n * p.g.ho * p.g.wo, p.g.o, m0, n0, t);
-        expect(sm.guards_ok() && cs.guards_ok(), "smem guard", ctx);
-      }
-  };
-  if (l.vec_a) block.template operator()<true>();
-  else block.template operator()<false>();
+void check_forward(const Data<WT>& d, const MaskedConvShape& s, const std::vector<bf16>& x, const float* isc,
+                   const float* osc, const std::vector<bf16>& y, const std::string& what) {
   Cmp cmp;
   for (int nb = 0; nb < s.n; ++nb)
     for (int oh = 0; oh < s.ho; ++oh)
@@ -262,17 +259,46 @@ void run_forward(const Data<WT>& d, bool force_scalar, const std::string& ctx) {
               const int ih = oh * s.stride - s.pad + r, iw = ow * s.stride - s.pad + q;
               if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
               for (int ci = 0; ci < s.c; ++ci) {
-                const double a = bf2f(f2bf(d.in_s(ci) * static_cast<float>(d.xv(nb, ih, iw, ci))));
+                const float xv = bf2f(x[((static_cast<int64_t>(nb) * s.h + ih) * s.w + iw) * s.c + ci]);
+                const double a = a_ref(isc ? isc[ci] : 1.f, xv);
                 const double t = a * d.wq(oi, r, q, ci);
                 acc += t;
                 sa += std::fabs(t);
               }
             }
-          const double ref = d.out_s(oi) * acc;
-          cmp.add(bf2f(y[((static_cast<int64_t>(nb) * s.ho + oh) * s.wo + ow) * s.o + oi]), ref,
-                  d.out_s(oi) * sa, 1.0 / 128);
+          const double os = osc ? osc[oi] : 1.f;
+          cmp.add(bf2f(y[((static_cast<int64_t>(nb) * s.ho + oh) * s.wo + ow) * s.o + oi]), os * acc, os * sa,
+                  1.0 / 128);
         }
-  cmp.report(ctx + (l.vec_a ? " fwd vec" : " fwd scalar"));
+  cmp.report(what);
+}
+
+// ---- forward
+template <class WT>
+void run_forward(const Data<WT>& d, bool force_scalar, const std::string& ctx) {
+  const auto& s = d.s;
+  std::vector<bf16> y(s.n * s.ho * s.wo * s.o, poison_bf());
+  ConvLaunch<WT> l = forward_launch<WT>(s, d.args(), d.x.data(), d.w.data(), y.data());
+  if (force_scalar) l.vec_a = false;
+  auto block = [&]<bool VEC>() {
+    const auto& p = l.p;
+    for_each_block(l.grid, [&](unsigned bx, unsigned by, unsigned) {
+      PixelTable tab;
+      int64_t wrow[kBN];
+      std::memset(&tab, 0x55, sizeof(tab));
+      const int m0 = bx * kBM, n0 = by * kBN;
+      for (int t = 0; t < kThreads; ++t) fill_fwd_tables(tab, wrow, p.g, p.out_index, m0, n0, t);
+      std::vector<FwdLoader<WT, VEC>> ld(kThreads);
+      for (int t = 0; t < kThreads; ++t) ld[t].init(p, &tab, wrow, t);
+      emu_block<RowMajor>(ld, static_cast<int>(cdiv(p.g.taps * p.g.c, kBK)), [&](const float* cs) {
+        for (int t = 0; t < kThreads; ++t)
+          store_output(cs, p.y, p.out_scale, p.g.n * p.g.ho * p.g.wo, p.g.o, m0, n0, t);
+      }, ctx);
+    });
+  };
+  if (l.vec_a) block.template operator()<true>();
+  else block.template operator()<false>();
+  check_forward(d, s, d.x, d.args().in_scale, d.args().out_scale, y, ctx + (l.vec_a ? " fwd vec" : " fwd scalar"));
 }
 
 // ---- data grad
@@ -288,26 +314,21 @@ void run_dgrad(const Data<WT>& d, bool force_scalar, bool with_partial, const st
   expect(static_cast<int64_t>(l.grid.x) == blocks, "grid.x == partial blocks", ctx);
   auto block = [&]<bool VEC>() {
     const auto& p = l.p;
-    for (unsigned bx = 0; bx < l.grid.x; ++bx)
-      for (unsigned by = 0; by < l.grid.y; ++by) {
-        InPixelTable tab;
-        std::memset(&tab, 0x55, sizeof(tab));
-        const int m0 = bx * kBM, n0 = by * kBN;
-        for (int t = 0; t < kThreads; ++t) fill_in_pixel_table(tab, p.g, m0, t);
-        std::vector<DgradLoader<WT, VEC>> ld(kThreads);
-        for (int t = 0; t < kThreads; ++t) ld[t].init(p, &tab, n0, t);
-        std::vector<float> acc(kBM * kBN, 0.f);
-        Guarded<bf16> sm(kSmemBytes / 2, poison_bf());
-        emu_gemm_loop(ld, acc.data(), sm, static_cast<int>(cdiv(p.g.taps * p.g.o, kBK)));
-        Guarded<float> cs(kSmemBytes / 4, std::numeric_limits<float>::quiet_NaN());
-        host_store<RowMajor>(acc.data(), cs.data());
+    for_each_block(l.grid, [&](unsigned bx, unsigned by, unsigned) {
+      InPixelTable tab;
+      std::memset(&tab, 0x55, sizeof(tab));
+      const int m0 = bx * kBM, n0 = by * kBN;
+      for (int t = 0; t < kThreads; ++t) fill_in_pixel_table(tab, p.g, m0, t);
+      std::vector<DgradLoader<WT, VEC>> ld(kThreads);
+      for (int t = 0; t < kThreads; ++t) ld[t].init(p, &tab, n0, t);
+      emu_block<RowMajor>(ld, static_cast<int>(cdiv(p.g.taps * p.g.o, kBK)), [&](const float* cs) {
         const bool want = p.din_partial != nullptr;
         float red[kThreads];
-        for (int t = 0; t < kThreads; ++t) red[t] = store_dgrad(cs.data(), p, want, m0, n0, t);
+        for (int t = 0; t < kThreads; ++t) red[t] = store_dgrad(cs, p, want, m0, n0, t);
         if (want)
           for (int t = 0; t < kThreads; ++t) store_dgrad_partial(red, p.din_partial, p.g.c, bx, n0, t);
-        expect(sm.guards_ok() && cs.guards_ok(), "smem guard", ctx);
-      }
+      }, ctx);
+    });
   };
   if (l.vec_a) block.template operator()<true>();
   else block.template operator()<false>();
@@ -325,7 +346,7 @@ void run_dgrad(const Data<WT>& d, bool force_scalar, bool with_partial, const st
               const int oh = th / s.stride, ow = tw / s.stride;
               if (oh >= s.ho || ow >= s.wo) continue;
               for (int oi = 0; oi < s.o; ++oi) {
-                const double a = bf2f(f2bf(d.out_s(oi) * static_cast<float>(d.dyv(nb, oh, ow, oi))));
+                const double a = a_ref(d.out_s(oi), d.dyv(nb, oh, ow, oi));
                 const double t = a * d.wq(oi, r, q, ci);
                 acc += t;
                 sa += std::fabs(t);
@@ -361,25 +382,19 @@ void run_wgrad(const Data<WT>& d, int force, bool with_dos, const std::string& c
   const int pixels = s.n * s.ho * s.wo;
   auto block = [&]<bool VA, bool VB>() {
     const auto& p = l.p;
-    for (unsigned z = 0; z < l.grid.z; ++z)
-      for (unsigned bx = 0; bx < l.grid.x; ++bx)
-        for (unsigned by = 0; by < l.grid.y; ++by) {
-          const int m0 = bx * kBM, n0 = by * kBN;
-          const int kb = z * p.chunk, ke = std::min(pixels, kb + p.chunk);
-          if (ke <= kb) {
-            ++g_fail;
-            std::printf("FAIL empty split\n");
-          }
-          std::vector<WgradLoader<VA, VB>> ld(kThreads);
-          for (int t = 0; t < kThreads; ++t) ld[t].init(p, m0, n0, kb, ke, t);
-          std::vector<float> acc(kBM * kBN, 0.f);
-          Guarded<bf16> sm(kSmemBytes / 2, poison_bf());
-          emu_gemm_loop(ld, acc.data(), sm, (ke - kb + kBK - 1) / kBK);
-          Guarded<float> cs(kSmemBytes / 4, std::numeric_limits<float>::quiet_NaN());
-          host_store<ColMajor>(acc.data(), cs.data());
-          for (int t = 0; t < kThreads; ++t) store_wgrad_split(cs.data(), p.ws, p.g.taps * p.g.c, p.g.o, m0, n0, z, t);
-          expect(sm.guards_ok() && cs.guards_ok(), "smem guard", ctx);
-        }
+    for_each_block(l.grid, [&](unsigned bx, unsigned by, unsigned z) {
+      const int m0 = bx * kBM, n0 = by * kBN;
+      const int kb = z * p.chunk, ke = std::min(pixels, kb + p.chunk);
+      if (ke <= kb) {
+        ++g_fail;
+        std::printf("FAIL empty split\n");
+      }
+      std::vector<WgradLoader<VA, VB>> ld(kThreads);
+      for (int t = 0; t < kThreads; ++t) ld[t].init(p, m0, n0, kb, ke, t);
+      emu_block<ColMajor>(ld, (ke - kb + kBK - 1) / kBK, [&](const float* cs) {
+        for (int t = 0; t < kThreads; ++t) store_wgrad_split(cs, p.ws, p.g.taps * p.g.c, p.g.o, m0, n0, z, t);
+      }, ctx);
+    });
   };
   if (l.vec_a && l.vec_b) block.template operator()<true, true>();
   else if (l.vec_a) block.template operator()<true, false>();
@@ -409,7 +424,7 @@ void run_wgrad(const Data<WT>& d, int force, bool with_dos, const std::string& c
               for (int ow = 0; ow < s.wo; ++ow) {
                 const int ih = oh * s.stride - s.pad + r, iw = ow * s.stride - s.pad + q;
                 if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
-                const double a = bf2f(f2bf(d.in_s(ci) * static_cast<float>(d.xv(nb, ih, iw, ci))));
+                const double a = a_ref(d.in_s(ci), d.xv(nb, ih, iw, ci));
                 const double t = a * d.dyv(nb, oh, ow, oi);
                 g += t;
                 sa += std::fabs(t);
@@ -460,10 +475,7 @@ void run_dual(const Data<WT>& d, int64_t ch, int64_t oh_, bool force_scalar, con
         int64_t wrow[kBN];
         std::memset(&tab, 0x55, sizeof(tab));
         const int m0 = bx * kBM, n0 = by * kBN;
-        for (int t = 0; t < kThreads; ++t) {
-          fill_pixel_table(tab, p.g, m0, t);
-          fill_weight_rows(wrow, nullptr, p.g.o, static_cast<int64_t>(p.g.taps) * p.g.w_cols, n0, t);
-        }
+        for (int t = 0; t < kThreads; ++t) fill_fwd_tables(tab, wrow, p.g, nullptr, m0, n0, t);
         std::vector<DualLoader<WT, VEC>> ld(kThreads);
         for (int t = 0; t < kThreads; ++t) ld[t].init(p, &tab, wrow, n0, t);
         std::vector<float> acc_s(kBM * kBN, 0.f), acc_h(kBM * kBN, 0.f);
@@ -514,35 +526,11 @@ void run_dual(const Data<WT>& d, int64_t ch, int64_t oh_, bool force_scalar, con
   };
   if (l.vec) block.template operator()<true>();
   else block.template operator()<false>();
-  // references: the soft layer with scales and prefix weight, the hard one without scales
-  auto ref = [&](const MaskedConvShape& s, const std::vector<bf16>& x, const float* isc_, const float* osc_,
-                 const std::vector<bf16>& y, const std::string& what) {
-    Cmp cmp;
-    for (int nb = 0; nb < s.n; ++nb)
-      for (int oh = 0; oh < s.ho; ++oh)
-        for (int ow = 0; ow < s.wo; ++ow)
-          for (int oi = 0; oi < s.o; ++oi) {
-            double acc = 0, sa = 0;
-            for (int r = 0; r < s.k; ++r)
-              for (int q = 0; q < s.k; ++q) {
-                const int ih = oh * s.stride - s.pad + r, iw = ow * s.stride - s.pad + q;
-                if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
-                for (int ci = 0; ci < s.c; ++ci) {
-                  const float xv = bf2f(x[((static_cast<int64_t>(nb) * s.h + ih) * s.w + iw) * s.c + ci]);
-                  const double a = bf2f(f2bf((isc_ ? isc_[ci] : 1.f) * xv));
-                  const double wv = bf2f(w2bf(d.w[((static_cast<int64_t>(oi) * s.k + r) * s.k + q) * s.w_cols + ci]));
-                  acc += a * wv;
-                  sa += std::fabs(a * wv);
-                }
-              }
-            const double os = osc_ ? osc_[oi] : 1.0;
-            cmp.add(bf2f(y[((static_cast<int64_t>(nb) * s.ho + oh) * s.wo + ow) * s.o + oi]), os * acc, os * sa,
-                    1.0 / 128);
-          }
-    cmp.report(ctx + (l.vec ? " dual vec " : " dual scalar ") + what);
-  };
-  ref(ss, d.x, isc, osc, ys, "soft");
-  ref(sh, xh, nullptr, nullptr, yh, "hard");
+  // references: the soft layer with scales and prefix weight, the hard one without scales (d is not indexed:
+  // its weight rows and columns are the channels themselves)
+  const std::string what = ctx + (l.vec ? " dual vec " : " dual scalar ");
+  check_forward(d, ss, d.x, isc, osc, ys, what + "soft");
+  check_forward(d, sh, xh, nullptr, nullptr, yh, what + "hard");
   std::printf("     (hard products %lld of %lld)\n", static_cast<long long>(hard_products),
               static_cast<long long>(soft_products));
 }

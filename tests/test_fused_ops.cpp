@@ -37,28 +37,6 @@ using Inputs = std::vector<Tensor>;
 using Fn = std::function<Tensor(const Inputs&)>;
 
 // ------------------------------------------------------------------ helpers
-class PoisonGuard {
- public:
-  explicit PoisonGuard(bool on) : prev_(poison_allocations()) { set_poison_allocations(on); }
-  ~PoisonGuard() { set_poison_allocations(prev_); }
-  PoisonGuard(const PoisonGuard&) = delete;
-  PoisonGuard& operator=(const PoisonGuard&) = delete;
-
- private:
-  bool prev_;
-};
-
-class FusedGuard {
- public:
-  explicit FusedGuard(bool on) : prev_(fused_kernels()) { set_fused_kernels(on); }
-  ~FusedGuard() { set_fused_kernels(prev_); }
-  FusedGuard(const FusedGuard&) = delete;
-  FusedGuard& operator=(const FusedGuard&) = delete;
-
- private:
-  bool prev_;
-};
-
 Tensor index_of(const std::vector<int64_t>& v) { return Tensor::from_vector(v, {static_cast<int64_t>(v.size())}); }
 Tensor u8_of(const std::vector<uint8_t>& v, const Shape& s) { return Tensor::from_vector(v, s); }
 
@@ -387,7 +365,7 @@ TEST(FusedOpsCpu, SwitchesDoNotChangeTheCpu) {
   opt.padding = 1;
   opt.out_scale = uniform({4}, 0.5, 1.5);
   const Tensor plain = masked_conv2d(x, w, opt);
-  FusedGuard fused(true);
+  FusedKernelsGuard fused(true);
   PrecisionGuard bf16(Precision::BF16);
   const Tensor switched = masked_conv2d(x, w, opt);
   EXPECT_EQ(switched.dtype(), DType::F64);
@@ -522,7 +500,7 @@ Result run_reference(const Fn& fn, const std::vector<Arg>& args, Tensor* g) {
 // The op on the GPU under the bf16 policy, fused or library kernels.
 Result run_device(const Fn& fn, const std::vector<Arg>& args, const Tensor& g, bool fused, const std::string& what) {
   const Device dev = Device::cuda(0);
-  FusedGuard fg(fused);
+  FusedKernelsGuard fg(fused);
   PrecisionGuard pg(Precision::BF16);
   PoisonGuard poison(true);
   Inputs ins;
@@ -811,7 +789,7 @@ TEST_F(FusedOpsCuda, Attention) {
 
 TEST_F(FusedOpsCuda, SkippedHeadIsExactlyZero) {
   const int64_t B = 2, L = 37, H = 3, D = 64;
-  FusedGuard fg(true);
+  FusedKernelsGuard fg(true);
   PrecisionGuard pg(Precision::BF16);
   PoisonGuard poison(true);
   const Device dev = Device::cuda(0);
@@ -849,11 +827,11 @@ TEST_F(FusedOpsCuda, FallbacksMatchTheLibraryPath) {
     o.padding = k / 2;
     Tensor a, b;
     {
-      FusedGuard fg(true);
+      FusedKernelsGuard fg(true);
       a = masked_conv2d(x, w, o);
     }
     {
-      FusedGuard fg(false);
+      FusedKernelsGuard fg(false);
       b = masked_conv2d(x, w, o);
     }
     expect_close(a, b, 1e-2, 1e-2, "masked_conv2d k=" + std::to_string(k) + " stride " + std::to_string(stride));
@@ -863,11 +841,11 @@ TEST_F(FusedOpsCuda, FallbacksMatchTheLibraryPath) {
   ao.softmax_scale = 0.2;
   Tensor a, b;
   {
-    FusedGuard fg(true);
+    FusedKernelsGuard fg(true);
     a = attention(q, q, q, ao);
   }
   {
-    FusedGuard fg(false);
+    FusedKernelsGuard fg(false);
     b = attention(q, q, q, ao);
   }
   expect_close(a, b, 1e-2, 1e-2, "attention d=32");

@@ -107,17 +107,6 @@ bool print_errors() {
   return on;
 }
 
-// Sets the poisoning of new allocations for a scope.
-class PoisonGuard {
- public:
-  explicit PoisonGuard(bool on) : prev_(poison_allocations()) { set_poison_allocations(on); }
-  ~PoisonGuard() { set_poison_allocations(prev_); }
-  PoisonGuard(const PoisonGuard&) = delete;
-  PoisonGuard& operator=(const PoisonGuard&) = delete;
-
- private:
-  bool prev_;
-};
 
 // ------------------------------------------------------------------ inputs
 // How an input is handed to the candidate: an activation takes the case's

@@ -32,6 +32,14 @@
 //   to the logit ("unbias", exact by Sterbenz) and lse is stored in those
 //   shifted units (true lse + 1e9). The softmax itself is unchanged.
 //
+// Code: the kernels share their steps, each written once: gemm_abt (C = A B^T:
+// S, S^T, dP, dP^T) and gemm_pb (C += P B with P straight from accumulators:
+// O, dV, dK, dQ); for_each_acc (elementwise passes over an accumulator tile
+// with each element's row and column: logits, online softmax, prob / dscore
+// for the backward's P and dS); load_kv_rows, load_q_dout_rows, load_key_tile
+// and next_tile (cp.async tiles and the double-buffered loop); tile_block /
+// head_params (block indices, per-head values); for_each_out_pair (epilogues).
+//
 // Tensor cores: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, fragments
 // as in the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point
 // type"), with g = lane / 4, t = lane % 4:
@@ -66,7 +74,7 @@
 //   dQ       Q 64xL + dout 64xL + K 2xTxL + V 2xTxL + bias 2xT:
 //            D=64: 55,808 B; D=128: 69,888 B
 // All blocks are 128 threads (4 warps), at most 2 blocks per SM by registers
-// (__launch_bounds__(128, 2); ptxas reports 165-251 registers, no spills).
+// (__launch_bounds__(128, 2); ptxas reports 165-249 registers, no spills).
 //
 // Not in v1: wgmma / TMA (sm_90a), warp specialisation, causal masking,
 // swizzled (instead of padded) shared memory, register-resident Q / dout in
@@ -160,6 +168,79 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = pack_bf16(c1[2], c1[3]);
 }
 
+// ------------------------------------------------------------------ warp tile products
+// A warp's accumulator tile of 16 rows x 8 NT columns is float c[NT][4]: element e
+// of n-tile n is row g + 8 (e / 2), column 8 n + 2 t + e % 2 (the C fragment above).
+template <int NT>
+__device__ __forceinline__ void zero_acc(float (&c)[NT][4]) {
+#pragma unroll
+  for (int n = 0; n < NT; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+}
+
+// f(n, e, r, col) for every element c[n][e] of this lane's part of a 16 x N
+// accumulator tile, with its row g + 8 r (r = e / 2) and column col.
+template <int N, class F>
+__device__ __forceinline__ void for_each_acc(int t, F&& f) {
+#pragma unroll
+  for (int n = 0; n < N / 8; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(n, e, e >> 1, n * 8 + 2 * t + (e & 1));
+  }
+}
+
+// c += a B^T over k = k0..k0+15: a one A operand (16 rows), B a tile stored [n][k] with row length L (NT n-tiles).
+template <int L, int NT>
+__device__ __forceinline__ void mma_a_bt(float (&c)[NT][4], const uint32_t (&a)[4], const bf16* B, int k0, int lane) {
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    uint32_t b[4];
+    ldsm_b<L>(b, B, np * 16, k0, lane);
+    mma_bf16(c[2 * np], a, b[0], b[1]);
+    mma_bf16(c[2 * np + 1], a, b[2], b[3]);
+  }
+}
+
+// c = A B^T (16 x 8 NT) over k = 0..D-1: A = rows r0..r0+15 of a row-major [.][D + 8]
+// shared tile, B a [8 NT][D + 8] shared tile stored [n][k]. (S = Q K^T, dP = dout V^T
+// and their transposes.)
+template <int D, int NT>
+__device__ __forceinline__ void gemm_abt(float (&c)[NT][4], const bf16* A, int r0, const bf16* B, int lane) {
+  zero_acc(c);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    uint32_t a[4];
+    ldsm_a<D + 8>(a, A, r0, kk * 16, lane);
+    mma_a_bt<D + 8>(c, a, B, kk * 16, lane);
+  }
+}
+// The same with A already in registers as KT A operands (k = 16 kk..16 kk+15).
+template <int KT, int NT>
+__device__ __forceinline__ void gemm_abt(float (&c)[NT][4], const uint32_t (&a)[KT][4], const bf16* B, int lane) {
+  zero_acc(c);
+#pragma unroll
+  for (int kk = 0; kk < KT; ++kk) mma_a_bt<16 * KT + 8>(c, a[kk], B, kk * 16, lane);
+}
+
+// c += P B (16 x 8 NT) over k = 0..8 KT-1: P this warp's accumulator tile p, rounded to
+// bf16 A operands (acc_to_a), B a [8 KT][8 NT + 8] shared tile stored [k][n]. (O += P V,
+// dV += P^T dout, dK += dS^T Q, dQ += dS K.)
+template <int KT, int NT>
+__device__ __forceinline__ void gemm_pb(float (&c)[NT][4], const float (&p)[KT][4], const bf16* B, int lane) {
+  constexpr int L = 8 * NT + 8;
+#pragma unroll
+  for (int kk = 0; kk < KT / 2; ++kk) {
+    uint32_t a[4];
+    acc_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+    for (int dp = 0; dp < NT / 2; ++dp) {
+      uint32_t b[4];
+      ldsm_bt<L>(b, B, kk * 16, dp * 16, lane);
+      mma_bf16(c[2 * dp], a, b[0], b[1]);
+      mma_bf16(c[2 * dp + 1], a, b[2], b[3]);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ tiles and masks
 // Rows [0, R) x D of a bf16 matrix (row stride `stride` elements, unit column
 // stride) into shared memory [R][D + 8]: rows < nvalid by cp.async, the rest
@@ -225,16 +306,113 @@ __device__ __forceinline__ void zero_rows(bf16* dst, int64_t bb, int64_t r0, int
   }
 }
 
+// The backward's recomputed probability exp(x - lse) of an S accumulator.
+__device__ __forceinline__ float prob(float acc, float scale, float bias, float unbias, float lse) {
+  return exp2f((logit(acc, scale, bias, unbias) - lse) * kLog2e);
+}
+// dS = P (hs dP - delta) (dO_eff = hs * dout, see the top comment).
+__device__ __forceinline__ float dscore(float p, float dp, float hs, float delta) { return p * (hs * dp - delta); }
+
+// ------------------------------------------------------------------ block setup, tile loads, output stores
+// A tile kernel's block: batch bb = blockIdx.z, head hh = blockIdx.y, its kTile rows
+// (queries; keys for dK/dV) from r0 = blockIdx.x * kTile, n of them before the end;
+// this thread's warp, lane and fragment coordinates g = lane / 4, t = lane % 4.
+struct TileBlock {
+  int64_t s, bb, hh, r0;
+  int n, tid, warp, lane, g, t;
+};
+__device__ __forceinline__ TileBlock tile_block(const AttentionShape& sh) {
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int tid = threadIdx.x, lane = tid % 32;
+  return {sh.s, blockIdx.z, blockIdx.y, r0, tile_rows(kTile, sh.s - r0), tid, tid / 32, lane, lane / 4, lane % 4};
+}
+
+// The per-head values of a kept head. unbias_for has a barrier: after the skipped-head return.
+struct HeadParams {
+  float hs, scale;
+  const uint8_t* pad_b;  // this batch element's key padding, or null
+  float unbias;
+};
+__device__ __forceinline__ HeadParams head_params(const AttentionShape& sh, const AttentionMasks& mk, int64_t bb,
+                                                  int64_t hh) {
+  const float hs = mk.head_scale != nullptr ? mk.head_scale[hh] : 1.f;
+  const uint8_t* pad_b = mk.key_padding != nullptr ? mk.key_padding + bb * sh.s : nullptr;
+  return {hs, sh.softmax_scale, pad_b, unbias_for(pad_b, sh.s)};
+}
+
+// Rows r0.. (n of them before the end) of K and V (strided alike; `head` = the
+// offset of batch and head) into the shared tiles Ks, Vs [R][D + 8].
+template <int D, int R>
+__device__ __forceinline__ void load_kv_rows(bf16* Ks, bf16* Vs, const bf16* k, const bf16* v, int64_t head,
+                                             int64_t r0, int n, const AttentionShape& sh) {
+  load_tile<D, R>(Ks, k + head + r0 * sh.stride_s, sh.stride_s, n);
+  load_tile<D, R>(Vs, v + head + r0 * sh.stride_s, sh.stride_s, n);
+}
+// The same for Q (strided like K, V) and dout (contiguous [b, s, h, D]).
+template <int D, int R>
+__device__ __forceinline__ void load_q_dout_rows(bf16* Qs, bf16* dOs, const bf16* q, const bf16* dout, int64_t head,
+                                                 int64_t bb, int64_t hh, int64_t r0, int n,
+                                                 const AttentionShape& sh) {
+  load_tile<D, R>(Qs, q + head + r0 * sh.stride_s, sh.stride_s, n);
+  load_tile<D, R>(dOs, dout + row_offset(bb, r0, hh, sh, D), sh.h * D, n);
+}
+// Key tile kt (Bc keys) into buffer buf of Ks, Vs [2][Bc][D + 8] and its key
+// biases into bias_s [2][Bc] (the forward's and dQ's streamed tile).
+template <int D, int Bc>
+__device__ __forceinline__ void load_key_tile(bf16* Ks, bf16* Vs, float* bias_s, int kt, int buf, const bf16* k,
+                                              const bf16* v, int64_t head, const uint8_t* pad_b,
+                                              const AttentionShape& sh) {
+  constexpr int L = D + 8;
+  const int64_t k0 = static_cast<int64_t>(kt) * Bc;
+  const int tid = threadIdx.x;
+  load_kv_rows<D, Bc>(Ks + buf * Bc * L, Vs + buf * Bc * L, k, v, head, k0, tile_rows(Bc, sh.s - k0), sh);
+  if (tid < Bc) bias_s[buf * Bc + tid] = key_bias(pad_b, k0 + tid, sh.s);
+}
+
+// The start of iteration it of a double-buffered tile loop: loads tile it + 1
+// into the other buffer (free since the barrier that ended iteration it - 1),
+// then waits until tile it and everything committed before it have landed.
+// Returns the buffer of tile it.
+template <class Load>
+__device__ __forceinline__ int next_tile(int it, int ntiles, Load&& load) {
+  const int buf = it & 1;
+  if (it + 1 < ntiles) load(it + 1, buf ^ 1);
+  cp_async_commit();  // (possibly empty group: keeps the count uniform)
+  cp_async_wait<1>();
+  __syncthreads();
+  return buf;
+}
+
+// For this lane's output rows i = i0 + g + 8 r (r = 0, 1) of a warp's 16 that lie
+// before the end: pair(r, n, row, d) for the columns d, d + 1 (d = 8 n + 2 t; row =
+// the offset of row i in the contiguous [b, s, h, D] tensors), then row_end(r, i).
+template <int D, class Pair, class RowEnd>
+__device__ __forceinline__ void for_each_out_pair(int64_t i0, int g, int t, int64_t bb, int64_t hh,
+                                                  const AttentionShape& sh, Pair&& pair, RowEnd&& row_end) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = i0 + g + 8 * r;
+    if (i >= sh.s) continue;
+    const int64_t row = row_offset(bb, i, hh, sh, D);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) pair(r, n, row, n * 8 + 2 * t);
+    row_end(r, i);
+  }
+}
+struct NoRowEnd {  // for_each_out_pair without a row_end
+  __device__ void operator()(int, int64_t) const {}
+};
+__device__ __forceinline__ void store_pair(bf16* p, float lo, float hi) {
+  *reinterpret_cast<uint32_t*>(p) = pack_bf16(lo, hi);
+}
+
 // ------------------------------------------------------------------ forward
 template <int D>
 __global__ void __launch_bounds__(kThreads, 2)
     attn_fwd_kernel(AttentionShape sh, AttentionMasks mk, const bf16* __restrict__ q, const bf16* __restrict__ k,
                     const bf16* __restrict__ v, bf16* out, bf16* out_u, float* __restrict__ lse) {
   constexpr int L = D + 8, Br = kTile, Bc = kTile;
-  const int64_t s = sh.s, bb = blockIdx.z, hh = blockIdx.y;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Br;
-  const int nq = tile_rows(Br, s - q0);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const auto [s, bb, hh, q0, nq, tid, warp, lane, g, t] = tile_block(sh);
 
   if (mk.head_keep != nullptr && mk.head_keep[hh] == 0) {  // skipped head (block-uniform, before any barrier)
     zero_rows<D>(out, bb, q0, nq, hh, sh);
@@ -242,10 +420,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int r = tid; r < nq; r += kThreads) lse[(bb * sh.h + hh) * s + q0 + r] = 0.f;
     return;
   }
-  const float hs = mk.head_scale != nullptr ? mk.head_scale[hh] : 1.f;
-  const float scale = sh.softmax_scale;
-  const uint8_t* pad_b = mk.key_padding != nullptr ? mk.key_padding + bb * s : nullptr;
-  const float unbias = unbias_for(pad_b, s);
+  const auto [hs, scale, pad_b, unbias] = head_params(sh, mk, bb, hh);
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);                 // [Br][L]
@@ -254,13 +429,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* bias_s = reinterpret_cast<float*>(Vs + 2 * Bc * L);   // [2][Bc]
 
   const int64_t head = bb * sh.stride_b + hh * sh.stride_h;
-  auto load_kv = [&](int kt, int buf) {
-    const int64_t k0 = static_cast<int64_t>(kt) * Bc;
-    const int nk = tile_rows(Bc, s - k0);
-    load_tile<D, Bc>(Ks + buf * Bc * L, k + head + k0 * sh.stride_s, sh.stride_s, nk);
-    load_tile<D, Bc>(Vs + buf * Bc * L, v + head + k0 * sh.stride_s, sh.stride_s, nk);
-    if (tid < Bc) bias_s[buf * Bc + tid] = key_bias(pad_b, k0 + tid, s);
-  };
+  auto load_kv = [&](int kt, int buf) { load_key_tile<D, Bc>(Ks, Vs, bias_s, kt, buf, k, v, head, pad_b, sh); };
 
   load_tile<D, Br>(Qs, q + head + q0 * sh.stride_s, sh.stride_s, nq);
   cp_async_commit();
@@ -273,48 +442,28 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int kk = 0; kk < D / 16; ++kk) ldsm_a<L>(qf[kk], Qs, warp * 16, kk * 16, lane);
 
   float o[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  zero_acc(o);
   float mrow[2] = {-INFINITY, -INFINITY};  // running max of rows g, g+8
   float lrow[2] = {0.f, 0.f};              // this lane's part of the running sum (quad-reduced at the end)
 
   const int nkt = static_cast<int>((s + Bc - 1) / Bc);
   for (int kt = 0; kt < nkt; ++kt) {
-    const int buf = kt & 1;
-    if (kt + 1 < nkt) load_kv(kt + 1, buf ^ 1);  // the other buffer: free since the barrier ending kt-1
-    cp_async_commit();                           // (possibly empty group: keeps the count uniform)
-    cp_async_wait<1>();                          // tile kt has landed
-    __syncthreads();
+    const int buf = next_tile(kt, nkt, load_kv);  // key tile kt has landed
     const bf16* Kb = Ks + buf * Bc * L;
     const bf16* Vb = Vs + buf * Bc * L;
     const float* bias = bias_s + buf * Bc;
 
     // S = Q K^T: [16 rows] x [Bc keys] per warp.
     float sacc[Bc / 8][4];
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-#pragma unroll
-      for (int np = 0; np < Bc / 16; ++np) {
-        uint32_t b[4];
-        ldsm_b<L>(b, Kb, np * 16, kk * 16, lane);
-        mma_bf16(sacc[2 * np], qf[kk], b[0], b[1]);
-        mma_bf16(sacc[2 * np + 1], qf[kk], b[2], b[3]);
-      }
-    }
+    gemm_abt(sacc, qf, Kb, lane);
 
-    // Logits, then the online softmax update of rows g (e = 0, 1) and g+8 (e = 2, 3).
+    // Logits, then the online softmax update of rows g (r = 0) and g+8 (r = 1).
     float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = logit(sacc[n][e], scale, bias[n * 8 + 2 * t + (e & 1)], unbias);
-        sacc[n][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
-      }
-    }
+    for_each_acc<Bc>(t, [&](int n, int e, int r, int col) {
+      const float x = logit(sacc[n][e], scale, bias[col], unbias);
+      sacc[n][e] = x;
+      mx[r] = fmaxf(mx[r], x);
+    });
     float alpha[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -326,36 +475,15 @@ __global__ void __launch_bounds__(kThreads, 2)
       mrow[r] = mx[r];
       lrow[r] *= alpha[r];
     }
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= alpha[0];
-      o[n][1] *= alpha[0];
-      o[n][2] *= alpha[1];
-      o[n][3] *= alpha[1];
-    }
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float p = exp2f((sacc[n][e] - mrow[e >> 1]) * kLog2e);  // keys past the end: exp2(-inf) = 0
-        sacc[n][e] = p;
-        lrow[e >> 1] += p;
-      }
-    }
+    for_each_acc<D>(t, [&](int n, int e, int r, int) { o[n][e] *= alpha[r]; });
+    for_each_acc<Bc>(t, [&](int n, int e, int r, int) {
+      const float p = exp2f((sacc[n][e] - mrow[r]) * kLog2e);  // keys past the end: exp2(-inf) = 0
+      sacc[n][e] = p;
+      lrow[r] += p;
+    });
 
     // O += P V (P as bf16 A operands straight from the accumulators).
-#pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, sacc[2 * kk], sacc[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        ldsm_bt<L>(b, Vb, kk * 16, dp * 16, lane);
-        mma_bf16(o[2 * dp], a, b[0], b[1]);
-        mma_bf16(o[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    gemm_pb(o, sacc, Vb, lane);
     __syncthreads();  // everyone is done with `buf` before the next iteration refills it
   }
 
@@ -366,20 +494,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
     inv[r] = 1.f / lrow[r];  // l >= 1 (the max term contributes exp(0))
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = q0 + warp * 16 + g + 8 * r;
-    if (i >= s) continue;
-    const int64_t row = row_offset(bb, i, hh, sh, D);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int d = n * 8 + 2 * t;
-      const float o0 = o[n][2 * r] * inv[r], o1 = o[n][2 * r + 1] * inv[r];
-      *reinterpret_cast<uint32_t*>(out + row + d) = pack_bf16(hs * o0, hs * o1);
-      if (out_u != nullptr) *reinterpret_cast<uint32_t*>(out_u + row + d) = pack_bf16(o0, o1);
-    }
-    if (t == 0) lse[(bb * sh.h + hh) * s + i] = mrow[r] + logf(lrow[r]);
-  }
+  for_each_out_pair<D>(
+      q0 + warp * 16, g, t, bb, hh, sh,
+      [&](int r, int n, int64_t row, int d) {
+        const float o0 = o[n][2 * r] * inv[r], o1 = o[n][2 * r + 1] * inv[r];
+        store_pair(out + row + d, hs * o0, hs * o1);
+        if (out_u != nullptr) store_pair(out_u + row + d, o0, o1);
+      },
+      [&](int r, int64_t i) {
+        if (t == 0) lse[(bb * sh.h + hh) * s + i] = mrow[r] + logf(lrow[r]);
+      });
 }
 
 // ------------------------------------------------------------------ backward
@@ -421,20 +545,14 @@ __global__ void __launch_bounds__(kThreads, 2)
                          const bf16* __restrict__ v, const bf16* __restrict__ dout, const float* __restrict__ lse,
                          const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv) {
   constexpr int L = D + 8, Bc = kTile;
-  const int64_t s = sh.s, bb = blockIdx.z, hh = blockIdx.y;
-  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * Bc;
-  const int nk = tile_rows(Bc, s - k0);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const auto [s, bb, hh, k0, nk, tid, warp, lane, g, t] = tile_block(sh);
 
-  if (mk.head_keep != nullptr && mk.head_keep[hh] == 0) {  // skipped head: zero gradients
+  if (mk.head_keep != nullptr && mk.head_keep[hh] == 0) {  // zero gradients
     zero_rows<D>(dk, bb, k0, nk, hh, sh);
     zero_rows<D>(dv, bb, k0, nk, hh, sh);
     return;
   }
-  const float hs = mk.head_scale != nullptr ? mk.head_scale[hh] : 1.f;
-  const float scale = sh.softmax_scale;
-  const uint8_t* pad_b = mk.key_padding != nullptr ? mk.key_padding + bb * s : nullptr;
-  const float unbias = unbias_for(pad_b, s);
+  const auto [hs, scale, pad_b, unbias] = head_params(sh, mk, bb, hh);
   // This lane's keys (rows g and g+8 of the warp's 16) and their biases.
   float kbias[2];
 #pragma unroll
@@ -453,8 +571,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   auto load_q = [&](int it, int buf) {
     const int64_t i0 = static_cast<int64_t>(it) * Br;
     const int nq = tile_rows(Br, s - i0);
-    load_tile<D, Br>(Qs + buf * Br * L, q + head + i0 * sh.stride_s, sh.stride_s, nq);
-    load_tile<D, Br>(dOs + buf * Br * L, dout + row_offset(bb, i0, hh, sh, D), sh.h * D, nq);
+    load_q_dout_rows<D, Br>(Qs + buf * Br * L, dOs + buf * Br * L, q, dout, head, bb, hh, i0, nq, sh);
     if (tid < Br) {
       // Rows past the end: lse = +inf makes P = 0 (x - inf = -inf, also for x = -inf), delta = 0.
       const bool ok = i0 + tid < s;
@@ -463,119 +580,49 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   };
 
-  load_tile<D, Bc>(Ks, k + head + k0 * sh.stride_s, sh.stride_s, nk);
-  load_tile<D, Bc>(Vs, v + head + k0 * sh.stride_s, sh.stride_s, nk);
+  load_kv_rows<D, Bc>(Ks, Vs, k, v, head, k0, nk, sh);
   load_q(0, 0);
   cp_async_commit();
 
   float dka[D / 8][4], dva[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) {
-    dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.f;
-    dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.f;
-  }
+  zero_acc(dka);
+  zero_acc(dva);
 
   const int nqt = static_cast<int>((s + Br - 1) / Br);
   for (int it = 0; it < nqt; ++it) {
-    const int buf = it & 1;
-    if (it + 1 < nqt) load_q(it + 1, buf ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // K, V and query tile `it` have landed
-    __syncthreads();
+    const int buf = next_tile(it, nqt, load_q);  // K, V and query tile `it` have landed
     const bf16* Qb = Qs + buf * Br * L;
     const bf16* dOb = dOs + buf * Br * L;
     const float* lse_b = lse_s + buf * Br;
     const float* delta_b = delta_s + buf * Br;
 
-    // S^T = K Q^T: [16 keys] x [Br queries]; then P^T in place.
+    // S^T = K Q^T: [16 keys] x [Br queries]; then P^T in place (rows: keys, columns: queries).
     float pt[Br / 8][4];
-#pragma unroll
-    for (int n = 0; n < Br / 8; ++n) pt[n][0] = pt[n][1] = pt[n][2] = pt[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_a<L>(a, Ks, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < Br / 16; ++np) {
-        uint32_t b[4];
-        ldsm_b<L>(b, Qb, np * 16, kk * 16, lane);
-        mma_bf16(pt[2 * np], a, b[0], b[1]);
-        mma_bf16(pt[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < Br / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = logit(pt[n][e], scale, kbias[e >> 1], unbias);
-        pt[n][e] = exp2f((x - lse_b[n * 8 + 2 * t + (e & 1)]) * kLog2e);
-      }
-    }
+    gemm_abt<D>(pt, Ks, warp * 16, Qb, lane);
+    for_each_acc<Br>(t, [&](int n, int e, int r, int col) {
+      pt[n][e] = prob(pt[n][e], scale, kbias[r], unbias, lse_b[col]);
+    });
 
     // dV += P^T dout.
-#pragma unroll
-    for (int kk = 0; kk < Br / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, pt[2 * kk], pt[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        ldsm_bt<L>(b, dOb, kk * 16, dp * 16, lane);
-        mma_bf16(dva[2 * dp], a, b[0], b[1]);
-        mma_bf16(dva[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    gemm_pb(dva, pt, dOb, lane);
 
     // dP^T = V dout^T, then dS^T = P^T (hs dP^T - delta) in place.
     float dst[Br / 8][4];
-#pragma unroll
-    for (int n = 0; n < Br / 8; ++n) dst[n][0] = dst[n][1] = dst[n][2] = dst[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_a<L>(a, Vs, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < Br / 16; ++np) {
-        uint32_t b[4];
-        ldsm_b<L>(b, dOb, np * 16, kk * 16, lane);
-        mma_bf16(dst[2 * np], a, b[0], b[1]);
-        mma_bf16(dst[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < Br / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dst[n][e] = pt[n][e] * (hs * dst[n][e] - delta_b[n * 8 + 2 * t + (e & 1)]);
-    }
+    gemm_abt<D>(dst, Vs, warp * 16, dOb, lane);
+    for_each_acc<Br>(t, [&](int n, int e, int, int col) { dst[n][e] = dscore(pt[n][e], dst[n][e], hs, delta_b[col]); });
 
     // dK += dS^T Q.
-#pragma unroll
-    for (int kk = 0; kk < Br / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, dst[2 * kk], dst[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        ldsm_bt<L>(b, Qb, kk * 16, dp * 16, lane);
-        mma_bf16(dka[2 * dp], a, b[0], b[1]);
-        mma_bf16(dka[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    gemm_pb(dka, dst, Qb, lane);
     __syncthreads();  // everyone is done with `buf` before the next iteration refills it
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t j = k0 + warp * 16 + g + 8 * r;
-    if (j >= s) continue;
-    const int64_t row = row_offset(bb, j, hh, sh, D);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int d = n * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(dk + row + d) = pack_bf16(scale * dka[n][2 * r], scale * dka[n][2 * r + 1]);
-      *reinterpret_cast<uint32_t*>(dv + row + d) = pack_bf16(hs * dva[n][2 * r], hs * dva[n][2 * r + 1]);
-    }
-  }
+  for_each_out_pair<D>(
+      k0 + warp * 16, g, t, bb, hh, sh,
+      [&](int r, int n, int64_t row, int d) {
+        store_pair(dk + row + d, scale * dka[n][2 * r], scale * dka[n][2 * r + 1]);
+        store_pair(dv + row + d, hs * dva[n][2 * r], hs * dva[n][2 * r + 1]);
+      },
+      NoRowEnd{});
 }
 
 // dQ of one 64-query tile (see the top comment); key tiles of Bc keys.
@@ -585,19 +632,13 @@ __global__ void __launch_bounds__(kThreads, 2)
                        const bf16* __restrict__ v, const bf16* __restrict__ dout, const float* __restrict__ lse,
                        const float* __restrict__ delta, bf16* __restrict__ dq) {
   constexpr int L = D + 8, Br = kTile;
-  const int64_t s = sh.s, bb = blockIdx.z, hh = blockIdx.y;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Br;
-  const int nq = tile_rows(Br, s - q0);
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const auto [s, bb, hh, q0, nq, tid, warp, lane, g, t] = tile_block(sh);
 
-  if (mk.head_keep != nullptr && mk.head_keep[hh] == 0) {  // skipped head: zero gradient
+  if (mk.head_keep != nullptr && mk.head_keep[hh] == 0) {  // zero gradient
     zero_rows<D>(dq, bb, q0, nq, hh, sh);
     return;
   }
-  const float hs = mk.head_scale != nullptr ? mk.head_scale[hh] : 1.f;
-  const float scale = sh.softmax_scale;
-  const uint8_t* pad_b = mk.key_padding != nullptr ? mk.key_padding + bb * s : nullptr;
-  const float unbias = unbias_for(pad_b, s);
+  const auto [hs, scale, pad_b, unbias] = head_params(sh, mk, bb, hh);
   // lse and delta of this lane's rows g, g+8 (past the end: P = 0, delta = 0).
   const int64_t rows_bh = (bb * sh.h + hh) * s;
   float lse_r[2], delta_r[2];
@@ -616,108 +657,45 @@ __global__ void __launch_bounds__(kThreads, 2)
   float* bias_s = reinterpret_cast<float*>(Vs + 2 * Bc * L);   // [2][Bc]
 
   const int64_t head = bb * sh.stride_b + hh * sh.stride_h;
-  auto load_kv = [&](int kt, int buf) {
-    const int64_t k0 = static_cast<int64_t>(kt) * Bc;
-    const int nk = tile_rows(Bc, s - k0);
-    load_tile<D, Bc>(Ks + buf * Bc * L, k + head + k0 * sh.stride_s, sh.stride_s, nk);
-    load_tile<D, Bc>(Vs + buf * Bc * L, v + head + k0 * sh.stride_s, sh.stride_s, nk);
-    if (tid < Bc) bias_s[buf * Bc + tid] = key_bias(pad_b, k0 + tid, s);
-  };
+  auto load_kv = [&](int kt, int buf) { load_key_tile<D, Bc>(Ks, Vs, bias_s, kt, buf, k, v, head, pad_b, sh); };
 
-  load_tile<D, Br>(Qs, q + head + q0 * sh.stride_s, sh.stride_s, nq);
-  load_tile<D, Br>(dOs, dout + row_offset(bb, q0, hh, sh, D), sh.h * D, nq);
+  load_q_dout_rows<D, Br>(Qs, dOs, q, dout, head, bb, hh, q0, nq, sh);
   load_kv(0, 0);
   cp_async_commit();
 
   float dqa[D / 8][4];
-#pragma unroll
-  for (int n = 0; n < D / 8; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.f;
+  zero_acc(dqa);
 
   const int nkt = static_cast<int>((s + Bc - 1) / Bc);
   for (int kt = 0; kt < nkt; ++kt) {
-    const int buf = kt & 1;
-    if (kt + 1 < nkt) load_kv(kt + 1, buf ^ 1);
-    cp_async_commit();
-    cp_async_wait<1>();  // Q, dout and key tile kt have landed
-    __syncthreads();
+    const int buf = next_tile(kt, nkt, load_kv);  // Q, dout and key tile kt have landed
     const bf16* Kb = Ks + buf * Bc * L;
     const bf16* Vb = Vs + buf * Bc * L;
     const float* bias = bias_s + buf * Bc;
 
     // S = Q K^T, then P in place.
     float p[Bc / 8][4];
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) p[n][0] = p[n][1] = p[n][2] = p[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_a<L>(a, Qs, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < Bc / 16; ++np) {
-        uint32_t b[4];
-        ldsm_b<L>(b, Kb, np * 16, kk * 16, lane);
-        mma_bf16(p[2 * np], a, b[0], b[1]);
-        mma_bf16(p[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float x = logit(p[n][e], scale, bias[n * 8 + 2 * t + (e & 1)], unbias);
-        p[n][e] = exp2f((x - lse_r[e >> 1]) * kLog2e);
-      }
-    }
+    gemm_abt<D>(p, Qs, warp * 16, Kb, lane);
+    for_each_acc<Bc>(t, [&](int n, int e, int r, int col) {
+      p[n][e] = prob(p[n][e], scale, bias[col], unbias, lse_r[r]);
+    });
 
     // dP = dout V^T, then dS = P (hs dP - delta) in place.
     float ds[Bc / 8][4];
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) ds[n][0] = ds[n][1] = ds[n][2] = ds[n][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      ldsm_a<L>(a, dOs, warp * 16, kk * 16, lane);
-#pragma unroll
-      for (int np = 0; np < Bc / 16; ++np) {
-        uint32_t b[4];
-        ldsm_b<L>(b, Vb, np * 16, kk * 16, lane);
-        mma_bf16(ds[2 * np], a, b[0], b[1]);
-        mma_bf16(ds[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < Bc / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (hs * ds[n][e] - delta_r[e >> 1]);
-    }
+    gemm_abt<D>(ds, dOs, warp * 16, Vb, lane);
+    for_each_acc<Bc>(t, [&](int n, int e, int r, int) { ds[n][e] = dscore(p[n][e], ds[n][e], hs, delta_r[r]); });
 
     // dQ += dS K.
-#pragma unroll
-    for (int kk = 0; kk < Bc / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, ds[2 * kk], ds[2 * kk + 1]);
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t b[4];
-        ldsm_bt<L>(b, Kb, kk * 16, dp * 16, lane);
-        mma_bf16(dqa[2 * dp], a, b[0], b[1]);
-        mma_bf16(dqa[2 * dp + 1], a, b[2], b[3]);
-      }
-    }
+    gemm_pb(dqa, ds, Kb, lane);
     __syncthreads();  // everyone is done with `buf` before the next iteration refills it
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t i = q0 + warp * 16 + g + 8 * r;
-    if (i >= s) continue;
-    const int64_t row = row_offset(bb, i, hh, sh, D);
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      const int d = n * 8 + 2 * t;
-      *reinterpret_cast<uint32_t*>(dq + row + d) = pack_bf16(scale * dqa[n][2 * r], scale * dqa[n][2 * r + 1]);
-    }
-  }
+  for_each_out_pair<D>(
+      q0 + warp * 16, g, t, bb, hh, sh,
+      [&](int r, int n, int64_t row, int d) {
+        store_pair(dq + row + d, scale * dqa[n][2 * r], scale * dqa[n][2 * r + 1]);
+      },
+      NoRowEnd{});
 }
 
 // ------------------------------------------------------------------ launchers

@@ -204,20 +204,37 @@ struct DualArgs {
 };
 
 // ------------------------------------------------------------------ per-block tables (shared memory)
+// Pixel p of a batch of hh x ww images as (image, row, column), and the next pixel in that order.
+struct PixelPos {
+  int nb, ph, pw;
+};
+S2H_MC_HD PixelPos pixel_pos(int p, int hh, int ww) {
+  const int hw = hh * ww, nb = p / hw, rem = p - nb * hw, ph = rem / ww;
+  return {nb, ph, rem - ph * ww};
+}
+S2H_MC_HD void next_pixel(PixelPos& pp, int hh, int ww) {
+  if (++pp.pw == ww) {
+    pp.pw = 0;
+    if (++pp.ph == hh) {
+      pp.ph = 0;
+      ++pp.nb;
+    }
+  }
+}
+
 // Forward / dual: the output pixels of the block's M tile.
 struct PixelTable {
   int pix[kBM];            // (nb*h + ih0)*w + iw0: the input pixel under tap (0, 0), maybe in the padding
   int ih0[kBM], iw0[kBM];  // its row and column; kFar for rows past the end
 };
 S2H_MC_HD void fill_pixel_table(PixelTable& tab, const Geo& g, int m0, int t) {
-  const int hw = g.ho * g.wo, mdim = g.n * hw;
+  const int mdim = g.n * g.ho * g.wo;
   for (int i = t; i < kBM; i += kThreads) {
     const int p = m0 + i;
     if (p < mdim) {
-      const int nb = p / hw, rem = p - nb * hw;
-      const int oh = rem / g.wo, ow = rem - oh * g.wo;
-      const int ih0 = oh * g.stride - g.pad, iw0 = ow * g.stride - g.pad;
-      tab.pix[i] = (nb * g.h + ih0) * g.w + iw0;
+      const PixelPos pp = pixel_pos(p, g.ho, g.wo);
+      const int ih0 = pp.ph * g.stride - g.pad, iw0 = pp.pw * g.stride - g.pad;
+      tab.pix[i] = (pp.nb * g.h + ih0) * g.w + iw0;
       tab.ih0[i] = ih0;
       tab.iw0[i] = iw0;
     } else {
@@ -227,11 +244,14 @@ S2H_MC_HD void fill_pixel_table(PixelTable& tab, const Geo& g, int m0, int t) {
     }
   }
 }
-// Forward / dual: the element offset of weight row row(n0 + j), or -1 past o.
-S2H_MC_HD void fill_weight_rows(int64_t* wrow, const int64_t* out_index, int o, int64_t row_elems, int n0, int t) {
+// Forward / dual: the pixel table and the element offset of weight row row(n0 + j), or -1 past o.
+S2H_MC_HD void fill_fwd_tables(PixelTable& tab, int64_t* wrow, const Geo& g, const int64_t* out_index, int m0, int n0,
+                               int t) {
+  fill_pixel_table(tab, g, m0, t);
+  const int64_t row_elems = static_cast<int64_t>(g.taps) * g.w_cols;
   for (int j = t; j < kBN; j += kThreads) {
     const int oi = n0 + j;
-    wrow[j] = oi < o ? (out_index ? out_index[oi] : static_cast<int64_t>(oi)) * row_elems : -1;
+    wrow[j] = oi < g.o ? (out_index ? out_index[oi] : static_cast<int64_t>(oi)) * row_elems : -1;
   }
 }
 // Data grad: the input pixels of the block's M tile.
@@ -240,15 +260,14 @@ struct InPixelTable {
   int ihp[kBM], iwp[kBM];  // ih + pad, iw + pad; kFar for rows past the end
 };
 S2H_MC_HD void fill_in_pixel_table(InPixelTable& tab, const Geo& g, int m0, int t) {
-  const int hw = g.h * g.w, mdim = g.n * hw;
+  const int mdim = g.n * g.h * g.w;
   for (int i = t; i < kBM; i += kThreads) {
     const int p = m0 + i;
     if (p < mdim) {
-      const int nb = p / hw, rem = p - nb * hw;
-      const int ih = rem / g.w, iw = rem - ih * g.w;
-      tab.base[i] = nb * g.ho * g.wo;
-      tab.ihp[i] = ih + g.pad;
-      tab.iwp[i] = iw + g.pad;
+      const PixelPos pp = pixel_pos(p, g.h, g.w);
+      tab.base[i] = pp.nb * g.ho * g.wo;
+      tab.ihp[i] = pp.ph + g.pad;
+      tab.iwp[i] = pp.pw + g.pad;
     } else {
       tab.base[i] = 0;
       tab.ihp[i] = kFar;
@@ -261,88 +280,125 @@ S2H_MC_HD void fill_in_pixel_table(InPixelTable& tab, const Geo& g, int m0, int 
 // Each loader reads one K tile of one operand into registers (load) and writes them into a shared tile
 // (store). t is the thread index; all bounds are checked per element (or per 8-element vector).
 
-// Forward / dual A: A(p, kk) with kk = (tap, ci) in the K order of `corder` channels; x has `cx` channels
-// per pixel and channels >= cx read as 0 (the dual's hard input); scale (or null) multiplies channel ci.
-struct ActSrc {
-  const bf16* x;
-  const float* scale;
-  int cx, corder, h, w, ks, kdim;
+// K index kk of an activation operand, (tap, channel) with cdim channels per tap, as the tap's (r, q) and the
+// channel ch; valid = kk inside the operand (r = q = ch = 0 otherwise).
+struct KCol {
+  int r, q, ch;
+  bool valid;
 };
-template <bool VEC>
-struct ActA;
-// Scalar: thread t owns K column t % 32 and rows t / 32 + 8 i (a warp reads 32 consecutive channels).
-template <>
-struct ActA<false> {
-  uint32_t e[8];
-  S2H_MC_HD void load(const ActSrc& s, const PixelTable& tab, int t, int k0) {
-    const int kk = k0 + (t & 31);
-    bool kv = kk < s.kdim;
-    int r = 0, q = 0, ci = 0;
-    float sc = 1.f;
-    if (kv) {
-      const int tap = kk / s.corder;
-      ci = kk - tap * s.corder;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-      kv = ci < s.cx;
-      if (kv && s.scale) sc = s.scale[ci];
-    }
-    const int dpix = r * s.w + q;
-    auto elem = [&](int i) -> uint32_t {
-      const int row = (t >> 5) + 8 * i;
-      const int ih = tab.ih0[row] + r, iw = tab.iw0[row] + q;
-      if (kv && static_cast<unsigned>(ih) < static_cast<unsigned>(s.h) &&
-          static_cast<unsigned>(iw) < static_cast<unsigned>(s.w))
-        return f2bits(sc * bf2f(s.x[static_cast<int64_t>(tab.pix[row] + dpix) * s.cx + ci]));
-      return 0;
-    };
-#pragma unroll
-    for (int j = 0; j < 8; ++j) e[j] = pack2(elem(2 * j), elem(2 * j + 1));
+S2H_MC_HD KCol k_col(int kk, int kdim, int cdim, int ks) {
+  KCol c{0, 0, 0, kk < kdim};
+  if (c.valid) {
+    const int tap = kk / cdim;
+    c.ch = kk - tap * cdim;
+    c.r = tap / ks;
+    c.q = tap - c.r * ks;
   }
+  return c;
+}
+// The scale of column c's channel, or of the 8 channels from it (1 without scales or outside the operand).
+S2H_MC_HD float scale1(const float* scale, const KCol& c) { return c.valid && scale ? scale[c.ch] : 1.f; }
+S2H_MC_HD void scales8(float* sc, const float* scale, const KCol& c) {
+#pragma unroll
+  for (int j = 0; j < 8; ++j) sc[j] = c.valid && scale ? scale[c.ch + j] : 1.f;
+}
+// 8 bf16 from src (16-byte aligned), times sc[0..7] when there are scales.
+S2H_MC_HD uint4 load8(const bf16* src, const float* scale, const float* sc) {
+  const uint4 u = *reinterpret_cast<const uint4*>(src);
+  return scale ? scale8(u, sc) : u;
+}
+// e[j] = elem(2 j) in the low and elem(2 j + 1) in the high half (bf16 bits).
+template <int N, class Elem>
+S2H_MC_HD void pack_elems(uint32_t (&e)[N], Elem elem) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) e[j] = pack2(elem(2 * j), elem(2 * j + 1));
+}
+
+// The registers of the loaders whose tiles share a thread map, and their store into shared memory.
+// Row-major A, one element per K column: thread t owns K column t % 32 and rows t / 32 + 8 i (a warp covers
+// 32 consecutive K indexes).
+struct ScalarRowA {
+  uint32_t e[8];
   S2H_MC_HD void store(bf16* as, int t) const {
 #pragma unroll
     for (int i = 0; i < 16; ++i) put_bits(as + a_at<RowMajor>((t >> 5) + 8 * i, t & 31), e, i);
   }
 };
-// Vector (cx and corder multiples of 8, x 16-byte aligned): thread t owns the 8 K columns 8 (t % 4) ...
-// and rows t / 4 + 64 i; 8 consecutive K indexes are 8 consecutive channels of one tap.
-template <>
-struct ActA<true> {
+// Row-major A, 8-element vectors: thread t owns the 8 K columns 8 (t % 4) ... and rows t / 4 + 64 i.
+struct VectorRowA {
   uint4 v[2];
-  S2H_MC_HD void load(const ActSrc& s, const PixelTable& tab, int t, int k0) {
-    const int kk = k0 + 8 * (t & 3);
-    bool kv = kk < s.kdim;
-    int r = 0, q = 0, ci = 0;
-    if (kv) {
-      const int tap = kk / s.corder;
-      ci = kk - tap * s.corder;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-      kv = ci < s.cx;
-    }
-    float sc[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sc[j] = kv && s.scale ? s.scale[ci + j] : 1.f;
-    const int dpix = r * s.w + q;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int row = (t >> 2) + 64 * i;
-      const int ih = tab.ih0[row] + r, iw = tab.iw0[row] + q;
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (kv && static_cast<unsigned>(ih) < static_cast<unsigned>(s.h) &&
-          static_cast<unsigned>(iw) < static_cast<unsigned>(s.w)) {
-        u = *reinterpret_cast<const uint4*>(s.x + static_cast<int64_t>(tab.pix[row] + dpix) * s.cx + ci);
-        if (s.scale) u = scale8(u, sc);
-      }
-      v[i] = u;
-    }
-  }
   S2H_MC_HD void store(bf16* as, int t) const {
 #pragma unroll
     for (int i = 0; i < 2; ++i)
       *reinterpret_cast<uint4*>(as + a_at<RowMajor>((t >> 2) + 64 * i, 8 * (t & 3))) = v[i];
   }
 };
+// Row-major B, one element per N column: thread t owns N column t % 64 (a warp covers 32 consecutive ones)
+// and the 8 consecutive K rows 8 (t / 64) ...
+struct ScalarRowB {
+  uint32_t e[4];
+  S2H_MC_HD void store(bf16* bs, int t) const {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) put_bits(bs + b_at<RowMajor>(8 * (t >> 6) + i, t & 63), e, i);
+  }
+};
+
+// Forward / dual / data-grad A: A(m, kk) = scale[ch] * src[an offset found through the block's table] into a
+// row-major tile. The source Src says which column kk is and where row m of it lives:
+//   using Table;  const bf16* src;  const float* scale (or null);
+//   KCol column(int kk) const;  bool at(const Table&, int row, const KCol&, int64_t& off) const  (false: 0).
+template <class Src, bool VEC>
+struct GatherA;
+template <class Src>
+struct GatherA<Src, false> : ScalarRowA {
+  S2H_MC_HD void load(const Src& s, const typename Src::Table& tab, int t, int k0) {
+    const KCol c = s.column(k0 + (t & 31));
+    const float sc = scale1(s.scale, c);
+    pack_elems(e, [&](int i) -> uint32_t {
+      int64_t off;
+      return s.at(tab, (t >> 5) + 8 * i, c, off) ? f2bits(sc * bf2f(s.src[off])) : 0u;
+    });
+  }
+};
+// Vector (channel counts multiples of 8, src 16-byte aligned): 8 consecutive K indexes are 8 consecutive
+// channels of one tap.
+template <class Src>
+struct GatherA<Src, true> : VectorRowA {
+  S2H_MC_HD void load(const Src& s, const typename Src::Table& tab, int t, int k0) {
+    const KCol c = s.column(k0 + 8 * (t & 3));
+    float sc[8];
+    scales8(sc, s.scale, c);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      int64_t off;
+      v[i] = s.at(tab, (t >> 2) + 64 * i, c, off) ? load8(s.src + off, s.scale, sc) : make_uint4(0, 0, 0, 0);
+    }
+  }
+};
+
+// Forward / dual A: A(p, kk) with kk = (tap, ci) in the K order of `corder` channels; x has `cx` channels
+// per pixel and channels >= cx read as 0 (the dual's hard input); scale (or null) multiplies channel ci.
+struct ActSrc {
+  using Table = PixelTable;
+  const bf16* src;  // x
+  const float* scale;
+  int cx, corder, h, w, ks, kdim;
+  S2H_MC_HD KCol column(int kk) const {
+    KCol c = k_col(kk, kdim, corder, ks);
+    c.valid = c.valid && c.ch < cx;
+    return c;
+  }
+  S2H_MC_HD bool at(const PixelTable& tab, int row, const KCol& c, int64_t& off) const {
+    const int ih = tab.ih0[row] + c.r, iw = tab.iw0[row] + c.q;  // unsigned: also rejects negatives
+    if (!(c.valid && static_cast<unsigned>(ih) < static_cast<unsigned>(h) &&
+          static_cast<unsigned>(iw) < static_cast<unsigned>(w)))
+      return false;
+    off = static_cast<int64_t>(tab.pix[row] + (c.r * w + c.q)) * cx + c.ch;
+    return true;
+  }
+};
+template <bool VEC>
+using ActA = GatherA<ActSrc, VEC>;
 
 // Forward / dual B: B((tap, ci), oi) = W[row(oi), tap, col(ci)] into a column-major tile; thread t owns
 // K column t % 32 and N rows t / 32 + 8 i (a warp reads consecutive channels of one weight row).
@@ -363,12 +419,10 @@ struct WeightNK {
       const int tap = kk / s.corder, ci = kk - tap * s.corder;
       koff = static_cast<int64_t>(tap) * s.w_cols + (s.in_index ? s.in_index[ci] : static_cast<int64_t>(ci));
     }
-    auto elem = [&](int i) -> uint32_t {
+    pack_elems(e, [&](int i) -> uint32_t {
       const int64_t ro = wrow[(t >> 5) + 8 * i];
       return kv && ro >= 0 ? bf_bits(w2bf(s.wt[ro + koff])) : 0u;
-    };
-#pragma unroll
-    for (int j = 0; j < 4; ++j) e[j] = pack2(elem(2 * j), elem(2 * j + 1));
+    });
   }
   S2H_MC_HD void store(bf16* bs, int t) const {
 #pragma unroll
@@ -378,91 +432,35 @@ struct WeightNK {
 
 // Data grad A: A(p, (tap, oi)) = scale[oi] * dy[the output pixel that tap (r, q) of input pixel p feeds, oi].
 struct DySrc {
-  const bf16* dy;
+  using Table = InPixelTable;
+  const bf16* src;  // dy
   const float* scale;
   int o, ks, stride, ho, wo, kdim;
-};
-// The dy pixel (relative to the image's first) fed by input pixel row `row` through tap (r, q), or -1.
-S2H_MC_HD int dy_pixel(const DySrc& s, const InPixelTable& tab, int row, int r, int q) {
-  int th = tab.ihp[row] - r, tw = tab.iwp[row] - q;
-  if (th < 0 || tw < 0) return -1;
-  if (s.stride == 2) {
-    if ((th | tw) & 1) return -1;
-    th >>= 1;
-    tw >>= 1;
+  S2H_MC_HD KCol column(int kk) const { return k_col(kk, kdim, o, ks); }
+  // The dy pixel (relative to the image's first) fed by input pixel row `row` through tap (r, q), or -1.
+  S2H_MC_HD int pixel(const InPixelTable& tab, int row, int r, int q) const {
+    int th = tab.ihp[row] - r, tw = tab.iwp[row] - q;
+    if (th < 0 || tw < 0) return -1;
+    if (stride == 2) {
+      if ((th | tw) & 1) return -1;
+      th >>= 1;
+      tw >>= 1;
+    }
+    if (th >= ho || tw >= wo) return -1;
+    return th * wo + tw;
   }
-  if (th >= s.ho || tw >= s.wo) return -1;
-  return th * s.wo + tw;
-}
+  S2H_MC_HD bool at(const InPixelTable& tab, int row, const KCol& c, int64_t& off) const {
+    const int pix = c.valid ? pixel(tab, row, c.r, c.q) : -1;
+    if (pix < 0) return false;
+    off = static_cast<int64_t>(tab.base[row] + pix) * o + c.ch;
+    return true;
+  }
+};
 template <bool VEC>
-struct DyA;
-// Scalar: thread t owns K column t % 32 and rows t / 32 + 8 i.
-template <>
-struct DyA<false> {
-  uint32_t e[8];
-  S2H_MC_HD void load(const DySrc& s, const InPixelTable& tab, int t, int k0) {
-    const int kk = k0 + (t & 31);
-    const bool kv = kk < s.kdim;
-    int r = 0, q = 0, oi = 0;
-    float sc = 1.f;
-    if (kv) {
-      const int tap = kk / s.o;
-      oi = kk - tap * s.o;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-      if (s.scale) sc = s.scale[oi];
-    }
-    auto elem = [&](int i) -> uint32_t {
-      const int row = (t >> 5) + 8 * i;
-      const int pix = kv ? dy_pixel(s, tab, row, r, q) : -1;
-      return pix >= 0 ? f2bits(sc * bf2f(s.dy[static_cast<int64_t>(tab.base[row] + pix) * s.o + oi])) : 0u;
-    };
-#pragma unroll
-    for (int j = 0; j < 8; ++j) e[j] = pack2(elem(2 * j), elem(2 * j + 1));
-  }
-  S2H_MC_HD void store(bf16* as, int t) const {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) put_bits(as + a_at<RowMajor>((t >> 5) + 8 * i, t & 31), e, i);
-  }
-};
-// Vector (o a multiple of 8, dy 16-byte aligned): thread t owns K columns 8 (t % 4) ... and rows t / 4 + 64 i.
-template <>
-struct DyA<true> {
-  uint4 v[2];
-  S2H_MC_HD void load(const DySrc& s, const InPixelTable& tab, int t, int k0) {
-    const int kk = k0 + 8 * (t & 3);
-    const bool kv = kk < s.kdim;
-    int r = 0, q = 0, oi = 0;
-    if (kv) {
-      const int tap = kk / s.o;
-      oi = kk - tap * s.o;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-    }
-    float sc[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sc[j] = kv && s.scale ? s.scale[oi + j] : 1.f;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int row = (t >> 2) + 64 * i;
-      const int pix = kv ? dy_pixel(s, tab, row, r, q) : -1;
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (pix >= 0) {
-        u = *reinterpret_cast<const uint4*>(s.dy + static_cast<int64_t>(tab.base[row] + pix) * s.o + oi);
-        if (s.scale) u = scale8(u, sc);
-      }
-      v[i] = u;
-    }
-  }
-  S2H_MC_HD void store(bf16* as, int t) const {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-      *reinterpret_cast<uint4*>(as + a_at<RowMajor>((t >> 2) + 64 * i, 8 * (t & 3))) = v[i];
-  }
-};
+using DyA = GatherA<DySrc, VEC>;
 
-// Data grad B: B((tap, oi), ci) = W[row(oi), tap, col(ci)] into a row-major tile; thread t owns N column
-// t % 64 (a warp reads 32 consecutive weight columns) and the 8 consecutive K rows 8 (t / 64) ...
+// Data grad B: B((tap, oi), ci) = W[row(oi), tap, col(ci)] into a row-major tile (a warp reads 32
+// consecutive weight columns).
 template <class WT>
 struct WSrcKN {
   const WT* wt;
@@ -471,8 +469,7 @@ struct WSrcKN {
   int o, c, taps, w_cols, kdim;
 };
 template <class WT>
-struct WeightKN {
-  uint32_t e[4];
+struct WeightKN : ScalarRowB {
   int64_t col;  // col(ci) of this thread's column
   bool nv;      // ci < c
   S2H_MC_HD void init(const WSrcKN<WT>& s, int t, int n0) {
@@ -497,10 +494,6 @@ struct WeightKN {
       }
     }
   }
-  S2H_MC_HD void store(bf16* bs, int t) const {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) put_bits(bs + b_at<RowMajor>(8 * (t >> 6) + i, t & 63), e, i);
-  }
 };
 
 // Weight grad A: A((tap, ci), p) = scale[ci] * x[input pixel of output pixel p under tap, ci] into a
@@ -509,24 +502,14 @@ struct XSrc {
   const bf16* x;
   const float* scale;
   int h, w, c, ks, stride, pad, ho, wo, kdim;
-};
-// Output pixel p as (image, row, column).
-struct PixelPos {
-  int nb, oh, ow;
-};
-S2H_MC_HD PixelPos pixel_pos(int p, int ho, int wo) {
-  const int hw = ho * wo, nb = p / hw, rem = p - nb * hw, oh = rem / wo;
-  return {nb, oh, rem - oh * wo};
-}
-S2H_MC_HD void next_pixel(PixelPos& pp, int ho, int wo) {
-  if (++pp.ow == wo) {
-    pp.ow = 0;
-    if (++pp.oh == ho) {
-      pp.oh = 0;
-      ++pp.nb;
-    }
+  S2H_MC_HD KCol column(int kk) const { return k_col(kk, kdim, c, ks); }
+  // The offset of x under column col of output pixel pp; false in the padding.
+  S2H_MC_HD bool at(const PixelPos& pp, const KCol& col, int64_t& off) const {
+    const int ih = pp.ph * stride - pad + col.r, iw = pp.pw * stride - pad + col.q;
+    off = (static_cast<int64_t>(pp.nb * h + ih) * w + iw) * c + col.ch;
+    return static_cast<unsigned>(ih) < static_cast<unsigned>(h) && static_cast<unsigned>(iw) < static_cast<unsigned>(w);
   }
-}
+};
 template <bool VEC>
 struct XA;
 // Scalar: thread t owns M column t % 128 (a warp reads 32 consecutive channels) and the 16 consecutive K
@@ -534,21 +517,11 @@ struct XA;
 template <>
 struct XA<false> {
   uint32_t e[8];
-  int r, q, ci;
-  bool mv;
+  KCol col;
   float sc;
   S2H_MC_HD void init(const XSrc& s, int t, int m0) {
-    const int kk = m0 + (t & 127);
-    mv = kk < s.kdim;
-    r = q = ci = 0;
-    sc = 1.f;
-    if (mv) {
-      const int tap = kk / s.c;
-      ci = kk - tap * s.c;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-      if (s.scale) sc = s.scale[ci];
-    }
+    col = s.column(m0 + (t & 127));
+    sc = scale1(s.scale, col);
   }
   S2H_MC_HD void load(const XSrc& s, int t, int k0, int kend) {
     const int p0 = k0 + 16 * (t >> 7);
@@ -557,11 +530,9 @@ struct XA<false> {
     for (int j = 0; j < 8; ++j) e[j] = 0;
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-      const int ih = pp.oh * s.stride - s.pad + r, iw = pp.ow * s.stride - s.pad + q;
-      if (mv && p0 + i < kend && static_cast<unsigned>(ih) < static_cast<unsigned>(s.h) &&
-          static_cast<unsigned>(iw) < static_cast<unsigned>(s.w))
-        e[i >> 1] |= f2bits(sc * bf2f(s.x[(static_cast<int64_t>(pp.nb * s.h + ih) * s.w + iw) * s.c + ci]))
-                     << (16 * (i & 1));
+      int64_t off;
+      if (col.valid && p0 + i < kend && s.at(pp, col, off))
+        e[i >> 1] |= f2bits(sc * bf2f(s.x[off])) << (16 * (i & 1));
       next_pixel(pp, s.ho, s.wo);
     }
   }
@@ -575,35 +546,19 @@ struct XA<false> {
 template <>
 struct XA<true> {
   uint4 v[2];
-  int r, q, ci;
-  bool mv;
+  KCol col;
   float sc[8];
   S2H_MC_HD void init(const XSrc& s, int t, int m0) {
-    const int kk = m0 + 8 * (t & 15);
-    mv = kk < s.kdim;
-    r = q = ci = 0;
-    if (mv) {
-      const int tap = kk / s.c;
-      ci = kk - tap * s.c;
-      r = tap / s.ks;
-      q = tap - r * s.ks;
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) sc[j] = mv && s.scale ? s.scale[ci + j] : 1.f;
+    col = s.column(m0 + 8 * (t & 15));
+    scales8(sc, s.scale, col);
   }
   S2H_MC_HD void load(const XSrc& s, int t, int k0, int kend) {
     const int p0 = k0 + 2 * (t >> 4);
     PixelPos pp = pixel_pos(p0, s.ho, s.wo);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const int ih = pp.oh * s.stride - s.pad + r, iw = pp.ow * s.stride - s.pad + q;
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (mv && p0 + i < kend && static_cast<unsigned>(ih) < static_cast<unsigned>(s.h) &&
-          static_cast<unsigned>(iw) < static_cast<unsigned>(s.w)) {
-        u = *reinterpret_cast<const uint4*>(s.x + (static_cast<int64_t>(pp.nb * s.h + ih) * s.w + iw) * s.c + ci);
-        if (s.scale) u = scale8(u, sc);
-      }
-      v[i] = u;
+      int64_t off;
+      v[i] = col.valid && p0 + i < kend && s.at(pp, col, off) ? load8(s.x + off, s.scale, sc) : make_uint4(0, 0, 0, 0);
       next_pixel(pp, s.ho, s.wo);
     }
   }
@@ -623,19 +578,12 @@ template <bool VEC>
 struct DyB;
 // Scalar: thread t owns N column t % 64 and the 8 K rows 8 (t / 64) ...
 template <>
-struct DyB<false> {
-  uint32_t e[4];
+struct DyB<false> : ScalarRowB {
   S2H_MC_HD void load(const DyBSrc& s, int t, int k0, int kend, int n0) {
     const int oi = n0 + (t & 63), p0 = k0 + 8 * (t >> 6);
-    auto elem = [&](int i) -> uint32_t {
+    pack_elems(e, [&](int i) -> uint32_t {
       return oi < s.o && p0 + i < kend ? bf_bits(s.dy[static_cast<int64_t>(p0 + i) * s.o + oi]) : 0u;
-    };
-#pragma unroll
-    for (int j = 0; j < 4; ++j) e[j] = pack2(elem(2 * j), elem(2 * j + 1));
-  }
-  S2H_MC_HD void store(bf16* bs, int t) const {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) put_bits(bs + b_at<RowMajor>(8 * (t >> 6) + i, t & 63), e, i);
+    });
   }
 };
 // Vector (o a multiple of 8, dy 16-byte aligned): thread t owns N columns 8 (t % 8) ... of K row t / 8.
@@ -653,90 +601,87 @@ struct DyB<true> {
 };
 
 // ------------------------------------------------------------------ per-direction loaders (one K tile of A and B)
+// The activation and weight sources of the forward and the dual (the soft layer's K order, of g.c channels).
+S2H_MC_HD ActSrc act_src(const Geo& g, const bf16* x, const float* scale, int cx) {
+  return ActSrc{x, scale, cx, g.c, g.h, g.w, g.ks, g.taps * g.c};
+}
+template <class WT>
+S2H_MC_HD WSrcNK<WT> weight_src_nk(const Geo& g, const WT* wt, const int64_t* in_index) {
+  return WSrcNK<WT>{wt, in_index, g.c, g.w_cols, g.taps * g.c};
+}
+
+// What the loaders of gemm_loop share: the tile layouts, this thread's A and B registers, and their store
+// (A at as, B at bs).
+template <class AL, class BL, class A, class B>
+struct Operands {
+  using ALayout = AL;
+  using BLayout = BL;
+  int t;
+  A a;
+  B b;
+  S2H_MC_HD void store(bf16* as, bf16* bs) const {
+    a.store(as, t);
+    b.store(bs, t);
+  }
+};
+
 template <class WT, bool VEC>
-struct FwdLoader {
-  using ALayout = RowMajor;
-  using BLayout = ColMajor;
+struct FwdLoader : Operands<RowMajor, ColMajor, ActA<VEC>, WeightNK<WT>> {
   // The sources are rebuilt from the kernel parameters at each load rather than kept in members: the
   // compiler then reads them from the constant bank instead of holding them in registers.
   const ConvArgs<WT>* p;
   const PixelTable* tab;
   const int64_t* wrow;
-  int t;
-  ActA<VEC> a;
-  WeightNK<WT> b;
   S2H_MC_HD void init(const ConvArgs<WT>& p_, const PixelTable* tab_, const int64_t* wrow_, int t_) {
     p = &p_;
     tab = tab_;
     wrow = wrow_;
-    t = t_;
+    this->t = t_;
   }
   S2H_MC_HD void load(int kt) {
-    const Geo& g = p->g;
-    a.load(ActSrc{p->x, p->in_scale, g.c, g.c, g.h, g.w, g.ks, g.taps * g.c}, *tab, t, kt * kBK);
-    b.load(WSrcNK<WT>{p->wt, p->in_index, g.c, g.w_cols, g.taps * g.c}, wrow, t, kt * kBK);
-  }
-  S2H_MC_HD void store(bf16* as, bf16* bs) const {
-    a.store(as, t);
-    b.store(bs, t);
+    this->a.load(act_src(p->g, p->x, p->in_scale, p->g.c), *tab, this->t, kt * kBK);
+    this->b.load(weight_src_nk(p->g, p->wt, p->in_index), wrow, this->t, kt * kBK);
   }
 };
 
 template <class WT, bool VEC>
-struct DgradLoader {
-  using ALayout = RowMajor;
-  using BLayout = RowMajor;
+struct DgradLoader : Operands<RowMajor, RowMajor, DyA<VEC>, WeightKN<WT>> {
   DySrc asrc;
   WSrcKN<WT> bsrc;
   const InPixelTable* tab;
-  int t;
-  DyA<VEC> a;
-  WeightKN<WT> b;
   S2H_MC_HD void init(const ConvArgs<WT>& p, const InPixelTable* tab_, int n0, int t_) {
     const Geo& g = p.g;
     asrc = DySrc{p.dy, p.out_scale, g.o, g.ks, g.stride, g.ho, g.wo, g.taps * g.o};
     bsrc = WSrcKN<WT>{p.wt, p.out_index, p.in_index, g.o, g.c, g.taps, g.w_cols, g.taps * g.o};
     tab = tab_;
-    t = t_;
-    b.init(bsrc, t, n0);
+    this->t = t_;
+    this->b.init(bsrc, t_, n0);
   }
   S2H_MC_HD void load(int kt) {
-    a.load(asrc, *tab, t, kt * kBK);
-    b.load(bsrc, t, kt * kBK);
-  }
-  S2H_MC_HD void store(bf16* as, bf16* bs) const {
-    a.store(as, t);
-    b.store(bs, t);
+    this->a.load(asrc, *tab, this->t, kt * kBK);
+    this->b.load(bsrc, this->t, kt * kBK);
   }
 };
 
 template <bool VA, bool VB>
-struct WgradLoader {
-  using ALayout = ColMajor;
-  using BLayout = RowMajor;
+struct WgradLoader : Operands<ColMajor, RowMajor, XA<VA>, DyB<VB>> {
   XSrc asrc;
   DyBSrc bsrc;
-  int t, n0, kb, ke;  // this split's pixels are [kb, ke)
-  XA<VA> a;
-  DyB<VB> b;
+  int n0, kb, ke;  // this split's pixels are [kb, ke)
   template <class WT>
   S2H_MC_HD void init(const ConvArgs<WT>& p, int m0, int n0_, int kb_, int ke_, int t_) {
     const Geo& g = p.g;
     asrc = XSrc{p.x, p.in_scale, g.h, g.w, g.c, g.ks, g.stride, g.pad, g.ho, g.wo, g.taps * g.c};
     bsrc = DyBSrc{p.dy, g.o};
-    t = t_;
+    this->t = t_;
     n0 = n0_;
     kb = kb_;
     ke = ke_;
-    a.init(asrc, t, m0);
+    this->a.init(asrc, t_, m0);
   }
   S2H_MC_HD void load(int kt) {
-    a.load(asrc, t, kb + kt * kBK, ke);
-    b.load(bsrc, t, kb + kt * kBK, ke, n0);
-  }
-  S2H_MC_HD void store(bf16* as, bf16* bs) const {
-    a.store(as, t);
-    b.store(bs, t);
+    this->a.load(asrc, this->t, kb + kt * kBK, ke);
+    this->b.load(bsrc, this->t, kb + kt * kBK, ke, n0);
   }
 };
 
@@ -767,10 +712,9 @@ struct DualLoader {
   }
   S2H_MC_HD void load(int kt, bool with_hard) {
     const Geo& g = p->g;
-    const int kdim = g.taps * g.c;
-    as.load(ActSrc{p->xs, p->in_scale, g.c, g.c, g.h, g.w, g.ks, kdim}, *tab, t, kt * kBK);
-    b.load(WSrcNK<WT>{p->wt, nullptr, g.c, g.w_cols, kdim}, wrow, t, kt * kBK);
-    if (with_hard) ah.load(ActSrc{p->xh, nullptr, p->ch, g.c, g.h, g.w, g.ks, kdim}, *tab, t, kt * kBK);
+    as.load(act_src(g, p->xs, p->in_scale, g.c), *tab, t, kt * kBK);
+    b.load(weight_src_nk<WT>(g, p->wt, nullptr), wrow, t, kt * kBK);
+    if (with_hard) ah.load(act_src(g, p->xh, nullptr, p->ch), *tab, t, kt * kBK);
   }
   // stage: soft A at 0, hard A at kAElems, B at 2 kAElems
   S2H_MC_HD void store(bf16* stage, bool with_hard) const {
@@ -781,38 +725,43 @@ struct DualLoader {
 };
 
 // ------------------------------------------------------------------ epilogues
-// Forward / dual: y[p, oi] = scale[oi] * C(p, oi) (row-major C); thread t owns column t % 64 and rows
-// t / 64 + 4 i.
+// The rows of a row-major C tile that thread t writes out: it owns column t % 64 and rows t / 64 + 4 i; f(ml, p)
+// runs for each of them that is inside the output (p = m0 + ml < mdim).
+template <class F>
+S2H_MC_HD void for_my_rows(int mdim, int m0, int t, F f) {
+#pragma unroll 4
+  for (int i = 0; i < kBM / 4; ++i) {
+    const int ml = (t >> 6) + 4 * i, p = m0 + ml;
+    if (p >= mdim) break;
+    f(ml, p);
+  }
+}
+
+// Forward / dual: y[p, oi] = scale[oi] * C(p, oi) (row-major C).
 S2H_MC_HD void store_output(const float* cs, bf16* y, const float* scale, int mdim, int ncols, int m0, int n0,
                             int t) {
   const int nl = t & 63, oi = n0 + nl;
   if (oi >= ncols) return;
   const float sc = scale ? scale[oi] : 1.f;
-#pragma unroll 4
-  for (int i = 0; i < kBM / 4; ++i) {
-    const int ml = (t >> 6) + 4 * i, p = m0 + ml;
-    if (p >= mdim) break;
+  for_my_rows(mdim, m0, t, [&](int ml, int p) {
     y[static_cast<int64_t>(p) * ncols + oi] = f2bf(sc * cs[c_at<RowMajor>(ml, nl)]);
-  }
+  });
 }
 
 // Data grad: dx[p, ci] = in_scale[ci] * C(p, ci); returns this thread's part of sum_p x[p, ci] * C(p, ci)
 // (0 unless want_partial), which the block reduces by column.
 template <class WT>
 S2H_MC_HD float store_dgrad(const float* cs, const ConvArgs<WT>& a, bool want_partial, int m0, int n0, int t) {
-  const int nl = t & 63, ci = n0 + nl, c = a.g.c, mdim = a.g.n * a.g.h * a.g.w;
+  const int nl = t & 63, ci = n0 + nl, c = a.g.c;
   float part = 0.f;
   if (ci >= c) return part;
   const float sc = a.in_scale ? a.in_scale[ci] : 1.f;
-#pragma unroll 4
-  for (int i = 0; i < kBM / 4; ++i) {
-    const int ml = (t >> 6) + 4 * i, p = m0 + ml;
-    if (p >= mdim) break;
+  for_my_rows(a.g.n * a.g.h * a.g.w, m0, t, [&](int ml, int p) {
     const float v = cs[c_at<RowMajor>(ml, nl)];
     const int64_t off = static_cast<int64_t>(p) * c + ci;
     a.dx[off] = f2bf(sc * v);
     if (want_partial) part += bf2f(a.x[off]) * v;
-  }
+  });
   return part;
 }
 // The block's partial of column ci = n0 + t (t < 64) from the 4 row groups' parts red[g * 64 + t], summed
@@ -926,25 +875,31 @@ __device__ __forceinline__ void gemm_loop(Ld& ld, Acc& acc, bf16* smem, int ktil
   }
 }
 
+// A block's whole GEMM: gemm_loop into a fresh accumulator, then the fp32 tile staged in shared memory in
+// layout CL (aliasing the operand buffers) and a barrier; returns the staged tile for the epilogue.
+template <class CL, class Ld>
+__device__ __forceinline__ const float* gemm_block(Ld& ld, unsigned char* smem, int ktiles, int warp) {
+  Acc acc;
+  acc_zero(acc);
+  gemm_loop(ld, acc, reinterpret_cast<bf16*>(smem), ktiles, warp & 3, warp >> 2);
+  float* cs = reinterpret_cast<float*>(smem);
+  acc_store<CL>(acc, cs, warp & 3, warp >> 2);
+  __syncthreads();
+  return cs;
+}
+
 template <class WT, bool VEC>
 __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const ConvArgs<WT> p) {
   __shared__ __align__(128) unsigned char smem[kSmemBytes];
   __shared__ PixelTable tab;
   __shared__ int64_t wrow[kBN];
-  const int t = threadIdx.x, warp = t >> 5;
+  const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
-  fill_pixel_table(tab, p.g, m0, t);
-  fill_weight_rows(wrow, p.out_index, p.g.o, static_cast<int64_t>(p.g.taps) * p.g.w_cols, n0, t);
+  fill_fwd_tables(tab, wrow, p.g, p.out_index, m0, n0, t);
   __syncthreads();
   FwdLoader<WT, VEC> ld;
   ld.init(p, &tab, wrow, t);
-  Acc acc;
-  acc_zero(acc);
-  const int ktiles = (p.g.taps * p.g.c + kBK - 1) / kBK;
-  gemm_loop(ld, acc, reinterpret_cast<bf16*>(smem), ktiles, warp & 3, warp >> 2);
-  float* cs = reinterpret_cast<float*>(smem);
-  acc_store<RowMajor>(acc, cs, warp & 3, warp >> 2);
-  __syncthreads();
+  const float* cs = gemm_block<RowMajor>(ld, smem, (p.g.taps * p.g.c + kBK - 1) / kBK, t >> 5);
   store_output(cs, p.y, p.out_scale, p.g.n * p.g.ho * p.g.wo, p.g.o, m0, n0, t);
 }
 
@@ -953,19 +908,13 @@ __global__ void __launch_bounds__(kThreads, 2) dgrad_kernel(const ConvArgs<WT> p
   __shared__ __align__(128) unsigned char smem[kSmemBytes];
   __shared__ InPixelTable tab;
   __shared__ float red[kThreads];
-  const int t = threadIdx.x, warp = t >> 5;
+  const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   fill_in_pixel_table(tab, p.g, m0, t);
   __syncthreads();
   DgradLoader<WT, VEC> ld;
   ld.init(p, &tab, n0, t);
-  Acc acc;
-  acc_zero(acc);
-  const int ktiles = (p.g.taps * p.g.o + kBK - 1) / kBK;
-  gemm_loop(ld, acc, reinterpret_cast<bf16*>(smem), ktiles, warp & 3, warp >> 2);
-  float* cs = reinterpret_cast<float*>(smem);
-  acc_store<RowMajor>(acc, cs, warp & 3, warp >> 2);
-  __syncthreads();
+  const float* cs = gemm_block<RowMajor>(ld, smem, (p.g.taps * p.g.o + kBK - 1) / kBK, t >> 5);
   const bool want_partial = p.din_partial != nullptr;
   const float part = store_dgrad(cs, p, want_partial, m0, n0, t);
   if (want_partial) {  // the same for the whole block
@@ -978,18 +927,13 @@ __global__ void __launch_bounds__(kThreads, 2) dgrad_kernel(const ConvArgs<WT> p
 template <bool VA, bool VB>
 __global__ void __launch_bounds__(kThreads, 2) wgrad_kernel(const ConvArgs<float> p) {
   __shared__ __align__(128) unsigned char smem[kSmemBytes];
-  const int t = threadIdx.x, warp = t >> 5;
+  const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN, z = blockIdx.z;
   const int pixels = p.g.n * p.g.ho * p.g.wo;
   const int kb = z * p.chunk, ke = kb + std::min(pixels - kb, p.chunk);  // no int overflow near 2^31 pixels
   WgradLoader<VA, VB> ld;
   ld.init(p, m0, n0, kb, ke, t);
-  Acc acc;
-  acc_zero(acc);
-  gemm_loop(ld, acc, reinterpret_cast<bf16*>(smem), (ke - kb + kBK - 1) / kBK, warp & 3, warp >> 2);
-  float* cs = reinterpret_cast<float*>(smem);
-  acc_store<ColMajor>(acc, cs, warp & 3, warp >> 2);
-  __syncthreads();
+  const float* cs = gemm_block<ColMajor>(ld, smem, (ke - kb + kBK - 1) / kBK, t >> 5);
   store_wgrad_split(cs, p.ws, p.g.taps * p.g.c, p.g.o, m0, n0, z, t);
 }
 
@@ -1018,8 +962,7 @@ __global__ void __launch_bounds__(kThreads, 1) dual_kernel(const DualArgs<WT> p)
   __shared__ int64_t wrow[kBN];
   const int t = threadIdx.x, warp = t >> 5, wm = warp & 3, wn = warp >> 2;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
-  fill_pixel_table(tab, p.g, m0, t);
-  fill_weight_rows(wrow, nullptr, p.g.o, static_cast<int64_t>(p.g.taps) * p.g.w_cols, n0, t);
+  fill_fwd_tables(tab, wrow, p.g, nullptr, m0, n0, t);
   __syncthreads();
   DualLoader<WT, VEC> ld;
   ld.init(p, &tab, wrow, n0, t);
@@ -1119,19 +1062,34 @@ struct ConvLaunch {
   bool vec_a = false, vec_b = false;
 };
 
+// A grid of m x n tiles (x splits).
+dim3 tile_grid(int64_t m, int64_t n, int64_t splits = 1) {
+  return dim3(static_cast<unsigned>(cdiv(m, kBM)), static_cast<unsigned>(cdiv(n, kBN)), static_cast<unsigned>(splits));
+}
+
+// The operands and index lists of the forward and the data gradient.
+template <class WT>
+ConvArgs<WT> conv_args(const MaskedConvShape& s, const MaskedConvArgs& a, const void* x, const void* dy,
+                       const void* weight) {
+  ConvArgs<WT> p;
+  p.g = geo_of(s);
+  p.x = static_cast<const bf16*>(x);
+  p.dy = static_cast<const bf16*>(dy);
+  p.wt = static_cast<const WT*>(weight);
+  p.out_index = a.out_index;
+  p.in_index = a.in_index;
+  p.out_scale = a.out_scale;
+  p.in_scale = a.in_scale;
+  return p;
+}
+
 template <class WT>
 ConvLaunch<WT> forward_launch(const MaskedConvShape& s, const MaskedConvArgs& a, const void* x, const void* weight,
                               void* y) {
   ConvLaunch<WT> l;
-  l.p.g = geo_of(s);
-  l.p.x = static_cast<const bf16*>(x);
-  l.p.wt = static_cast<const WT*>(weight);
-  l.p.out_index = a.out_index;
-  l.p.in_index = a.in_index;
-  l.p.out_scale = a.out_scale;
-  l.p.in_scale = a.in_scale;
+  l.p = conv_args<WT>(s, a, x, nullptr, weight);
   l.p.y = static_cast<bf16*>(y);
-  l.grid = dim3(static_cast<unsigned>(cdiv(s.n * s.ho * s.wo, kBM)), static_cast<unsigned>(cdiv(s.o, kBN)));
+  l.grid = tile_grid(s.n * s.ho * s.wo, s.o);
   l.vec_a = s.c % 8 == 0 && aligned16(x);
   return l;
 }
@@ -1140,17 +1098,10 @@ template <class WT>
 ConvLaunch<WT> dgrad_launch(const MaskedConvShape& s, const MaskedConvArgs& a, const void* x, const void* dy,
                             const void* weight, void* dx, float* din_scale_partial) {
   ConvLaunch<WT> l;
-  l.p.g = geo_of(s);
-  l.p.x = static_cast<const bf16*>(x);
-  l.p.dy = static_cast<const bf16*>(dy);
-  l.p.wt = static_cast<const WT*>(weight);
-  l.p.out_index = a.out_index;
-  l.p.in_index = a.in_index;
-  l.p.out_scale = a.out_scale;
-  l.p.in_scale = a.in_scale;
+  l.p = conv_args<WT>(s, a, x, dy, weight);
   l.p.dx = static_cast<bf16*>(dx);
   l.p.din_partial = din_scale_partial;
-  l.grid = dim3(static_cast<unsigned>(cdiv(s.n * s.h * s.w, kBM)), static_cast<unsigned>(cdiv(s.c, kBN)));
+  l.grid = tile_grid(s.n * s.h * s.w, s.c);
   l.vec_a = s.o % 8 == 0 && aligned16(dy);
   return l;
 }
@@ -1165,8 +1116,7 @@ ConvLaunch<float> wgrad_launch(const MaskedConvShape& s, const MaskedConvArgs& a
   l.p.in_scale = a.in_scale;
   l.p.ws = static_cast<float*>(workspace);
   l.p.chunk = static_cast<int>(plan.tiles * kBK);
-  l.grid = dim3(static_cast<unsigned>(cdiv(s.k * s.k * s.c, kBM)), static_cast<unsigned>(cdiv(s.o, kBN)),
-                static_cast<unsigned>(plan.splits));
+  l.grid = tile_grid(s.k * s.k * s.c, s.o, plan.splits);
   l.vec_a = s.c % 8 == 0 && aligned16(x);
   l.vec_b = s.o % 8 == 0 && aligned16(dy);
   return l;
@@ -1202,7 +1152,7 @@ DualLaunch<WT> dual_launch(const MaskedConvShape& soft, const MaskedConvShape& h
                      in_scale,
                      static_cast<bf16*>(ys),
                      static_cast<bf16*>(yh)};
-  l.grid = dim3(static_cast<unsigned>(cdiv(soft.n * soft.ho * soft.wo, kBM)), static_cast<unsigned>(cdiv(soft.o, kBN)));
+  l.grid = tile_grid(soft.n * soft.ho * soft.wo, soft.o);
   l.vec = soft.c % 8 == 0 && hard.c % 8 == 0 && aligned16(xs) && aligned16(xh);
   return l;
 }
