@@ -135,6 +135,18 @@ Tensor direct_attention(const Tensor& q, const Tensor& k, const Tensor& v, doubl
   return Tensor::from_vector(out, {B, L, H, D});
 }
 
+// The options of a test case's conv: empty index lists mean the prefix.
+MaskedConvOptions conv_options(int64_t stride, int64_t pad, const std::vector<int64_t>& in_index,
+                               const std::vector<int64_t>& out_index, int64_t out_channels) {
+  MaskedConvOptions opt;
+  opt.stride = stride;
+  opt.padding = pad;
+  opt.out_channels = out_index.empty() ? out_channels : -1;
+  if (!in_index.empty()) opt.in_index = index_of(in_index);
+  if (!out_index.empty()) opt.out_index = index_of(out_index);
+  return opt;
+}
+
 // ------------------------------------------------------------------ CPU: gradient checks
 struct ConvGradCase {
   const char* name;
@@ -158,12 +170,7 @@ TEST(FusedOpsCpu, MaskedConvGradcheck) {
     const int64_t cin = c.x[3];
     const int64_t o = !c.out_index.empty() ? static_cast<int64_t>(c.out_index.size())
                                            : (c.out_channels == -1 ? c.w[0] : c.out_channels);
-    MaskedConvOptions opt;
-    opt.stride = c.stride;
-    opt.padding = c.pad;
-    opt.out_channels = c.out_index.empty() ? c.out_channels : -1;
-    if (!c.in_index.empty()) opt.in_index = index_of(c.in_index);
-    if (!c.out_index.empty()) opt.out_index = index_of(c.out_index);
+    MaskedConvOptions opt = conv_options(c.stride, c.pad, c.in_index, c.out_index, c.out_channels);
     Inputs in{leaf(c.x), leaf(c.w), c.in_scale ? leaf_uniform({cin}, 0.5, 1.5) : Tensor(),
               c.out_scale ? leaf_uniform({o}, 0.5, 1.5) : Tensor()};
     gradcheck(std::string("masked_conv2d ") + c.name,
@@ -264,12 +271,7 @@ TEST(FusedOpsCpu, MaskedConvMatchesDirectLoops) {
     const std::vector<int64_t> rows =
         !c.out_index.empty() ? c.out_index : iota_of(c.out_channels == -1 ? c.w[0] : c.out_channels);
     const Tensor is = uniform({cin}, 0.5, 1.5), os = uniform({static_cast<int64_t>(rows.size())}, 0.5, 1.5);
-    MaskedConvOptions opt;
-    opt.stride = c.stride;
-    opt.padding = c.pad;
-    opt.out_channels = c.out_index.empty() ? c.out_channels : -1;
-    if (!c.in_index.empty()) opt.in_index = index_of(c.in_index);
-    if (!c.out_index.empty()) opt.out_index = index_of(c.out_index);
+    MaskedConvOptions opt = conv_options(c.stride, c.pad, c.in_index, c.out_index, c.out_channels);
     if (c.scales) {
       opt.in_scale = is;
       opt.out_scale = os;
@@ -438,18 +440,6 @@ TEST(FusedOpsCpu, BadArgumentsAreNamed) {
 }
 
 // ------------------------------------------------------------------ CUDA: fused vs library vs f64
-// Relative L2 error ||a - ref|| / ||ref|| (absolute when ref is zero); infinity on NaN/Inf.
-double rel_error(const Tensor& a, const Tensor& ref) {
-  const std::vector<double> va = values(a), vr = values(ref);
-  if (va.size() != vr.size()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    if (!std::isfinite(va[i])) return INFINITY;
-    num += (va[i] - vr[i]) * (va[i] - vr[i]);
-    den += vr[i] * vr[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 constexpr double kFloor = 1e-3;  // the fused error may exceed 2x the library's by this much
 constexpr double kCap = 3e-2;    // and never this (both paths wrong the same way must still fail)

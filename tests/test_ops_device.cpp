@@ -87,19 +87,6 @@ struct Backend {
 std::string backend_name(const ::testing::TestParamInfo<Backend>& info) { return info.param.name; }
 void PrintTo(const Backend& b, std::ostream* os) { *os << b.name; }
 
-// The relative L2 error ||a - ref|| / ||ref|| (||a|| when ref is all zero);
-// infinity when a has NaN/Inf or the sizes differ.
-double rel_error(const Tensor& a, const Tensor& ref) {
-  const std::vector<double> va = values(a), vr = values(ref);
-  if (va.size() != vr.size()) return INFINITY;
-  double num = 0, den = 0;
-  for (size_t i = 0; i < va.size(); ++i) {
-    if (!std::isfinite(va[i])) return INFINITY;
-    num += (va[i] - vr[i]) * (va[i] - vr[i]);
-    den += vr[i] * vr[i];
-  }
-  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-}
 
 // S2H_OPS_PRINT_ERRORS=1 prints every measured error (for calibrating tolerances).
 bool print_errors() {

@@ -84,6 +84,18 @@ double scaled_error(const Tensor& a, const Tensor& ref, double floor) {
   return err / scale;
 }
 
+double rel_error(const Tensor& a, const Tensor& ref) {
+  const std::vector<double> va = values(a), vr = values(ref);
+  if (va.size() != vr.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < va.size(); ++i) {
+    if (!std::isfinite(va[i])) return INFINITY;
+    num += (va[i] - vr[i]) * (va[i] - vr[i]);
+    den += vr[i] * vr[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
 void expect_close(const Tensor& a, const Tensor& ref, double rtol, double atol, const std::string& what) {
   ASSERT_TRUE(a.defined()) << what << ": result is undefined";
   ASSERT_TRUE(ref.defined()) << what << ": reference is undefined";

@@ -28,6 +28,9 @@ std::vector<double> values(const Tensor& t);  // as doubles, row-major
 
 // max |a - b| / max(max |b|, floor): a relative error against the reference's scale.
 double scaled_error(const Tensor& a, const Tensor& ref, double floor = 1e-12);
+// The relative L2 error ||a - ref|| / ||ref|| (||a|| when ref is all zero);
+// infinity when a has NaN/Inf or the sizes differ.
+double rel_error(const Tensor& a, const Tensor& ref);
 // Fails (naming `what`) unless shapes match, nothing is NaN, and every
 // element satisfies |a - b| <= atol + rtol * |b|.
 void expect_close(const Tensor& a, const Tensor& ref, double rtol, double atol, const std::string& what);
