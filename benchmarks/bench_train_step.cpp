@@ -10,7 +10,8 @@
 //
 // With --s2h the step is S2HPruner's (pruning/s2h.h: soft pass, hard pass
 // under a NarrowView, both backwards, the mask step), masks initialised
-// uniform (u = 0: the hard network keeps about half of each group's channels);
+// uniform (u = 0: the hard network keeps about half of each group's channels)
+// and a mask learning rate of 0 (fixed hard widths: see below);
 // the FLOPs are then the soft network's 3 x forward plus the hard network's
 // 3 x forward at the step's hard widths. --kernels library runs the same step
 // with the handwritten fused kernels off (the issue-6 baseline).
@@ -119,6 +120,10 @@ int main(int argc, char** argv) {
     if (s2h_step) {
       pruning::S2HOptions so;
       so.target = target;
+      // The mask step runs (its gradients are computed) but moves nothing, so
+      // the hard widths stay fixed: cuDNN's once-per-shape algorithm search
+      // (library path) then stays in the warm-up instead of the timed steps.
+      so.mask_lr = 0;
       pruner = std::make_unique<pruning::S2HPruner>(*model, *flops_model, *masks, so);
     }
     SGDOptions so;

@@ -110,7 +110,9 @@ def main(argv):
             fn()
         torch.cuda.synchronize()
         # The host runs ahead of the GPU: a sleep on the GPU first keeps launch gaps out of the events.
-        torch.cuda._sleep(int(3e6))
+        # _sleep counts GPU clock cycles, not ns: 2e7 cycles is ~10 ms at the H100's ~2 GHz, a lead that
+        # covers Python's slower enqueueing (autograd.grad per repetition) of all --reps repetitions.
+        torch.cuda._sleep(int(2e7))
         events = []
         for _ in range(a.reps):
             if flush is not None:

@@ -315,6 +315,29 @@ std::pair<Tensor, Tensor> dual_conv_fused(const Tensor& x_soft, const Tensor& x_
   return {ys, yh};
 }
 
+// The kernel-side form of attention's masks: contiguous u8 / f32 tensors on
+// the device without history. The backward closure must hold this (not only
+// the raw pointers of AttentionMasks): a lambda captures only what its body
+// names, and a mask freed after the forward would be reused memory by the time
+// the backward kernels read it.
+struct AttentionDeviceMasks {
+  Tensor key_padding, head_keep, head_scale;
+
+  AttentionDeviceMasks(const AttentionOptions& opt, Device dev) {
+    if (opt.key_padding.defined()) key_padding = opt.key_padding.to(dev).contiguous();
+    if (opt.head_keep.defined()) head_keep = opt.head_keep.to(dev).contiguous();
+    if (opt.head_scale.defined()) head_scale = opt.head_scale.detach().to(DType::F32).to(dev).contiguous();
+  }
+
+  cuda::AttentionMasks masks() const {
+    cuda::AttentionMasks m;
+    m.key_padding = key_padding.defined() ? key_padding.data<uint8_t>() : nullptr;
+    m.head_keep = head_keep.defined() ? head_keep.data<uint8_t>() : nullptr;
+    m.head_scale = head_scale.defined() ? head_scale.data<float>() : nullptr;
+    return m;
+  }
+};
+
 // The kernels read q, k, v with unit stride on d and one set of (b, s, h)
 // strides for all three; the alignment test keeps 16-byte vector loads legal.
 bool attention_layout_ok(const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -346,22 +369,15 @@ Tensor attention_fused(const Tensor& q, const Tensor& k, const Tensor& v, const 
   s.stride_h = qd.strides()[2];
   s.softmax_scale = static_cast<float>(opt.softmax_scale);
   cuda::attention_check(s, "attention");
-  // Masks on the device, contiguous, without history.
-  const Tensor pad = opt.key_padding.defined() ? opt.key_padding.to(dev).contiguous() : Tensor();
-  const Tensor keep = opt.head_keep.defined() ? opt.head_keep.to(dev).contiguous() : Tensor();
-  const Tensor hscale = opt.head_scale.defined() ? opt.head_scale.detach().to(DType::F32).contiguous() : Tensor();
-  cuda::AttentionMasks m;
-  m.key_padding = pad.defined() ? pad.data<uint8_t>() : nullptr;
-  m.head_keep = keep.defined() ? keep.data<uint8_t>() : nullptr;
-  m.head_scale = hscale.defined() ? hscale.data<float>() : nullptr;
+  const AttentionDeviceMasks dmasks(opt, dev);
+  const bool scaled = dmasks.head_scale.defined();
 
   Tensor out = Tensor::empty({B, L, H, D}, DType::BF16, dev);
   // The backward needs the output before the head scale; without a scale that is the output itself.
-  const Tensor unscaled = hscale.defined() ? Tensor::empty({B, L, H, D}, DType::BF16, dev) : out.detach();
+  const Tensor unscaled = scaled ? Tensor::empty({B, L, H, D}, DType::BF16, dev) : out.detach();
   const Tensor lse = Tensor::empty({B, H, L}, DType::F32, dev);
-  cuda::attention_forward(s, m, qd.raw_data(), kd.raw_data(), vd.raw_data(), out.raw_data(),
-                          hscale.defined() ? unscaled.raw_data() : nullptr, lse.data<float>(),
-                          cuda::stream(dev.index));
+  cuda::attention_forward(s, dmasks.masks(), qd.raw_data(), kd.raw_data(), vd.raw_data(), out.raw_data(),
+                          scaled ? unscaled.raw_data() : nullptr, lse.data<float>(), cuda::stream(dev.index));
   const Tensor head_scale = opt.head_scale;
   if (!any_requires_grad({qb, kb, vb, head_scale})) return out;
   const bool gq = detail::wants_grad(qb), gk = detail::wants_grad(kb), gv = detail::wants_grad(vb);
@@ -377,10 +393,10 @@ Tensor attention_fused(const Tensor& q, const Tensor& k, const Tensor& v, const 
     Tensor delta = Tensor::empty({B * H * L}, DType::F32, dev);
     // Every row is written (zeros for a skipped head), so the head-scale gradient is their sum.
     Tensor rows = ghs ? Tensor::empty({B, H, L}, DType::F32, dev) : Tensor();
-    cuda::attention_backward(s, m, qd.raw_data(), kd.raw_data(), vd.raw_data(), unscaled.raw_data(), g.raw_data(),
-                             lse.data<float>(), dq.raw_data(), dk.raw_data(), dv.raw_data(), delta.data<float>(),
-                             ghs ? rows.data<float>() : nullptr, cuda::stream(dev.index));
-    // The captured masks (pad, keep, hscale) stay alive with this closure until the queued kernels are done.
+    // dmasks is named here, so the closure holds the mask tensors alive.
+    cuda::attention_backward(s, dmasks.masks(), qd.raw_data(), kd.raw_data(), vd.raw_data(), unscaled.raw_data(),
+                             g.raw_data(), lse.data<float>(), dq.raw_data(), dk.raw_data(), dv.raw_data(),
+                             delta.data<float>(), ghs ? rows.data<float>() : nullptr, cuda::stream(dev.index));
     Tensor dhs = ghs ? sum(rows, {0, 2}).to(hs_dtype) : Tensor();
     return std::vector<Tensor>{gq ? dq : Tensor(), gk ? dk : Tensor(), gv ? dv : Tensor(), dhs};
   });

@@ -805,6 +805,48 @@ TEST_F(FusedOpsCuda, SkippedHeadIsExactlyZero) {
   EXPECT_EQ(values(hs.grad())[0], 0.0);
 }
 
+// The backward kernels read the masks that the forward moved to the device
+// (key padding, head keep, head scale, all given on the CPU here): the
+// autograd node must keep them alive. Between the forward and the backward,
+// tensors of the masks' sizes filled with other values take whatever memory
+// the pool freed; the (deterministic) results must not change.
+TEST_F(FusedOpsCuda, MasksOutliveTheForward) {
+  const int64_t B = 2, L = 37, H = 3, D = 64;
+  FusedKernelsGuard fg(true);
+  PrecisionGuard pg(Precision::BF16);
+  const Device dev = Device::cuda(0);
+  const Tensor q0 = randn({B, L, H, D}).to(DType::BF16).to(dev), k0 = randn({B, L, H, D}).to(DType::BF16).to(dev),
+               v0 = randn({B, L, H, D}).to(DType::BF16).to(dev), hs0 = uniform({H}, 0.5, 1.5, DType::F32);
+  const Tensor g = randn({B, L, H, D}).to(DType::BF16).to(dev);
+  std::vector<uint8_t> pad(static_cast<size_t>(B * L), 0);
+  for (int64_t j = 25; j < L; ++j) pad[static_cast<size_t>(L + j)] = 1;
+  AttentionOptions o;
+  o.softmax_scale = 0.125;
+  o.key_padding = u8_of(pad, {B, L});
+  o.head_keep = u8_of({1, 0, 1}, {H});
+  auto run = [&](bool scribble) {
+    Tensor q = q0.clone(), k = k0.clone(), v = v0.clone(), hs = hs0.clone();
+    for (Tensor* t : {&q, &k, &v, &hs}) t->set_requires_grad(true);
+    AttentionOptions oo = o;
+    oo.head_scale = hs;
+    const Tensor out = attention(q, k, v, oo);
+    EXPECT_EQ(node_name(out), "attention");
+    std::vector<Tensor> junk;
+    if (scribble)
+      for (int i = 0; i < 64; ++i) {
+        junk.push_back(Tensor::full({B, L}, 1, DType::U8, dev));   // every key padded
+        junk.push_back(Tensor::full({H}, 1, DType::U8, dev));      // every head kept
+        junk.push_back(Tensor::full({H}, -3.0, DType::F32, dev));  // another head scale
+      }
+    out.backward(g);
+    return std::vector<std::vector<double>>{values(out), values(q.grad()), values(k.grad()), values(v.grad()),
+                                            values(hs.grad())};
+  };
+  const auto clean = run(false), scribbled = run(true);
+  const char* names[] = {"out", "dq", "dk", "dv", "dhead_scale"};
+  for (size_t i = 0; i < clean.size(); ++i) EXPECT_EQ(clean[i], scribbled[i]) << names[i];
+}
+
 // Shapes the kernels do not take run the library path under the fused switch.
 TEST_F(FusedOpsCuda, FallbacksMatchTheLibraryPath) {
   const Device dev = Device::cuda(0);

@@ -390,7 +390,8 @@ class ConvChecker {
 // against the same reference); nothing non-finite; every extra error (mask gradients) within tol.
 json verdict(const ErrStat& err, const std::optional<ErrStat>& lib, int64_t samples, int64_t nonfinite, double tol,
              const std::optional<kbench::Compare>& vs_lib = std::nullopt, const json& extra = json::object()) {
-  const double tol_eff = lib ? std::max(tol, 2 * lib->rel()) : tol;
+  // A library that is itself non-finite (or infinitely wrong) at the samples sets no bound: then tol alone.
+  const double tol_eff = lib && std::isfinite(lib->rel()) ? std::max(tol, 2 * lib->rel()) : tol;
   bool ok = nonfinite == 0 && err.rel() <= tol_eff;
   json v = {{"err", num(err.rel())}, {"err_lib", lib ? num(lib->rel()) : json(nullptr)}, {"tolerance", tol_eff},
             {"samples", samples}, {"nonfinite", nonfinite}};
@@ -429,12 +430,23 @@ struct Report {
     doc["summary"] = {{"rows", doc["rows"].size()}, {"verify_failures", verify_failures}, {"errors", errors},
                       {"goals_met", goals_met}, {"goals_missed", goals_missed}};
     if (path.empty()) return;
-    std::ofstream f(path);
-    if (!f) {
-      std::fprintf(stderr, "kernel_bench: cannot write %s\n", path.c_str());
-      return;
+    // Written beside the target, then renamed over it: a run killed by its timeout mid-write must leave
+    // the previous complete file, not a truncated one that the results script cannot read at all.
+    const std::string tmp = path + ".tmp";
+    {
+      std::ofstream f(tmp);
+      if (!f) {
+        std::fprintf(stderr, "kernel_bench: cannot write %s\n", tmp.c_str());
+        return;
+      }
+      f << doc.dump(2) << "\n";
+      if (!f.flush()) {
+        std::fprintf(stderr, "kernel_bench: cannot write %s\n", tmp.c_str());
+        return;
+      }
     }
-    f << doc.dump(2) << "\n";
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+      std::fprintf(stderr, "kernel_bench: cannot rename %s to %s\n", tmp.c_str(), path.c_str());
   }
 };
 
