@@ -5,7 +5,7 @@
 // after every step); prints one JSON line with the median, mean and minimum.
 //
 // FLOPs: the forward FLOPs of convolutions and linear layers (2 x MACs) are
-// counted by a ModuleTracer over the first forward (Module::flops); a step is
+// counted by a ModuleTracer over one untimed forward (Module::flops); a step is
 // counted as 3 x forward (forward, input gradient, weight gradient).
 //
 // With --s2h the step is S2HPruner's (pruning/s2h.h: soft pass, hard pass
@@ -143,43 +143,34 @@ int main(int argc, char** argv) {
     std::vector<double> ms;
     double last_loss = 0, hard_ratio = 1;
     int64_t forward_flops = 0;
-    if (s2h_step) {
-      {
-        ModuleTracer tracer(*model);
-        NoGradGuard ng;
-        (void)(*model)(x);
-        forward_flops = tracer.total_flops();
-      }
-      for (int s = 0; s < warmup + steps; ++s) {
-        sync();
-        const auto t0 = std::chrono::steady_clock::now();
+    {  // the forward FLOPs, counted once (untimed)
+      ModuleTracer tracer(*model);
+      NoGradGuard ng;
+      (void)(*model)(x);
+      forward_flops = tracer.total_flops();
+    }
+    // One step: S2HPruner's, or forward + cross-entropy + backward + SGD. The
+    // loss is read on the last step only (reading it waits for the device).
+    auto run_step = [&](bool last) {
+      if (s2h_step) {
         const pruning::StepStats st = pruner->step(x, y, opt, 1.0);
-        sync();
-        const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-        if (s >= warmup) ms.push_back(t);
         last_loss = st.loss;
         hard_ratio = pruner->hard_ratio();
+        return;
       }
-    }
-    for (int s = 0; !s2h_step && s < warmup + steps; ++s) {
-      sync();
-      const auto t0 = std::chrono::steady_clock::now();
-      Tensor logits;
-      if (s == 0) {  // count the forward FLOPs once
-        ModuleTracer tracer(*model);
-        logits = (*model)(x);
-        forward_flops = tracer.total_flops();
-      } else {
-        logits = (*model)(x);
-      }
-      Tensor loss = cross_entropy(logits, y);
+      Tensor loss = cross_entropy((*model)(x), y);
       opt.zero_grad();
       loss.backward();
       opt.step();
+      if (last) last_loss = loss.item();
+    };
+    for (int s = 0; s < warmup + steps; ++s) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      run_step(s == warmup + steps - 1);
       sync();
       const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (s >= warmup) ms.push_back(t);
-      if (s == warmup + steps - 1) last_loss = loss.item();
     }
     std::vector<double> sorted = ms;
     std::sort(sorted.begin(), sorted.end());

@@ -133,6 +133,9 @@ Precision precision() { return g_precision; }
 void set_precision(Precision p) { g_precision = p; }
 bool fused_kernels() { return g_fused_kernels; }
 void set_fused_kernels(bool on) { g_fused_kernels = on; }
+bool fused_kernels_on(Device device) {
+  return device.is_cuda() && g_fused_kernels && g_precision == Precision::BF16;
+}
 
 const char* precision_name(Precision p) {
   switch (p) {

@@ -195,7 +195,7 @@ Tensor attention_reference(const Tensor& q, const Tensor& k, const Tensor& v, co
 // ------------------------------------------------------------------ fused paths
 #if S2H_HAVE_CUDA
 bool conv_fusable(const Tensor& x, const ConvPlan& p) {
-  return x.device().is_cuda() && fused_kernels() && precision() == Precision::BF16 && (p.k == 1 || p.k == 3) &&
+  return fused_kernels_on(x.device()) && (p.k == 1 || p.k == 3) &&
          (p.stride == 1 || p.stride == 2);
 }
 
@@ -227,20 +227,21 @@ struct ConvDeviceArgs {
 };
 
 // Records the backward of one fused masked conv y (bf16) computed from
-// xb (x cast to bf16), weight and the scales. The backward computes only the
+// xb (x cast to bf16; xd: its contiguous data), weight (wd: its contiguous
+// data) and the scales. The backward computes only the
 // gradients that are wanted: the data kernel for dx and din_scale, the weight
 // kernel for dweight and dout_scale.
 Tensor record_masked_conv(Tensor y, const char* name, const cuda::MaskedConvShape& s, const Tensor& xb,
-                          const Tensor& weight, const Tensor& in_scale, const Tensor& out_scale,
-                          const ConvDeviceArgs& dargs) {
+                          const Tensor& xd, const Tensor& weight, const Tensor& wd, const Tensor& in_scale,
+                          const Tensor& out_scale, const ConvDeviceArgs& dargs) {
   if (!any_requires_grad({xb, weight, in_scale, out_scale})) return y;
   const bool gx = detail::wants_grad(xb), gw = detail::wants_grad(weight);
   const bool gis = detail::wants_grad(in_scale), gos = detail::wants_grad(out_scale);
   const bool data_pass = gx || gis, weight_pass = gw || gos;
   // x feeds the weight gradient and the input-scale gradient; the weight feeds
   // the data gradient and the output-scale gradient (dout_scale = sum W * G).
-  const Tensor xs = weight_pass || gis ? data_of(xb) : Tensor();
-  const Tensor ws = data_pass || weight_pass ? data_of(weight) : Tensor();
+  const Tensor xs = weight_pass || gis ? xd : Tensor();
+  const Tensor ws = data_pass || weight_pass ? wd : Tensor();
   const Device dev = xb.device();
   const DType w_dtype = weight.dtype();
   const DType is_dtype = in_scale.defined() ? in_scale.dtype() : DType::F32;
@@ -291,7 +292,7 @@ Tensor masked_conv_fused(const Tensor& x, const Tensor& weight, const MaskedConv
   Tensor y = Tensor::empty({p.n, p.ho, p.wo, p.o}, DType::BF16, dev);
   cuda::masked_conv_forward(s, dargs.args(), xd.raw_data(), wd.raw_data(), weight.dtype(), y.raw_data(),
                             cuda::stream(dev.index));
-  return record_masked_conv(y, "masked_conv2d", s, xb, weight, opt.in_scale, opt.out_scale, dargs);
+  return record_masked_conv(y, "masked_conv2d", s, xb, xd, weight, wd, opt.in_scale, opt.out_scale, dargs);
 }
 
 std::pair<Tensor, Tensor> dual_conv_fused(const Tensor& x_soft, const Tensor& x_hard, const Tensor& weight,
@@ -310,8 +311,9 @@ std::pair<Tensor, Tensor> dual_conv_fused(const Tensor& x_soft, const Tensor& x_
                                  weight.dtype(), ys.raw_data(), yh.raw_data(), cuda::stream(dev.index));
   // One forward launch, two autograd nodes (record() gives one output a
   // node): each output's backward is the masked conv backward of its half.
-  ys = record_masked_conv(ys, "dual_conv2d (soft)", ss, xsb, weight, soft_opt.in_scale, soft_opt.out_scale, dsoft);
-  yh = record_masked_conv(yh, "dual_conv2d (hard)", sh, xhb, weight, Tensor(), Tensor(), dhard);
+  ys = record_masked_conv(ys, "dual_conv2d (soft)", ss, xsb, xsd, weight, wd, soft_opt.in_scale, soft_opt.out_scale,
+                          dsoft);
+  yh = record_masked_conv(yh, "dual_conv2d (hard)", sh, xhb, xhd, weight, wd, Tensor(), Tensor(), dhard);
   return {ys, yh};
 }
 
@@ -487,7 +489,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
               "{}: head_keep must be u8 [{}] (H), got {}", op, H, opt.head_keep.str());
   if (opt.head_scale.defined()) check_scale(opt.head_scale, H, q, "q", op, "head_scale", "the head count H");
 #if S2H_HAVE_CUDA
-  if (q.device().is_cuda() && fused_kernels() && precision() == Precision::BF16 && (D == 64 || D == 128))
+  if (fused_kernels_on(q.device()) && (D == 64 || D == 128))
     return attention_fused(q, k, v, opt);
 #endif
   return attention_reference(q, k, v, opt);

@@ -37,6 +37,10 @@ bool allow_tf32();
 bool fused_kernels();
 void set_fused_kernels(bool on);
 
+// True when the fused kernels apply to tensors on `device`: CUDA, the bf16
+// policy and fused_kernels() on (each op then also checks its shape).
+bool fused_kernels_on(Device device);
+
 // Sets fused_kernels() for a scope, restores the previous setting after.
 class FusedKernelsGuard {
  public:

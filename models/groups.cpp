@@ -113,9 +113,8 @@ Tensor ChannelMask::forward(const Tensor& x) {
 }
 
 Tensor mask_then_conv(ChannelMask& mask, Conv2d& conv, const Tensor& h) {
-  const bool fold = mask.scale.defined() && mask.unit == 1 && h.device().is_cuda() && fused_kernels() &&
-                    precision() == Precision::BF16 && conv.options.groups == 1 && conv.options.dilation == 1 &&
-                    !conv.in_scale.defined();
+  const bool fold = mask.scale.defined() && mask.unit == 1 && fused_kernels_on(h.device()) &&
+                    conv.options.groups == 1 && conv.options.dilation == 1 && !conv.in_scale.defined();
   if (!fold) return conv(mask(h));
   S2H_CHECK(mask.scale.numel() == mask.channels && h.dim() >= 1 && h.size(-1) == mask.channels,
             "{}: input {} / scale {} do not match {} channels", mask.describe(), h.str(), mask.scale.str(),

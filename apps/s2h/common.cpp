@@ -313,8 +313,12 @@ Device setup_device(const std::string& device, const std::string& precision) {
   return Device::parse(device);
 }
 
+void check_kernels_flag(const std::string& kernels) {
+  S2H_CHECK(kernels == "fused" || kernels == "library", "--kernels must be fused or library, got '{}'", kernels);
+}
+
 Device setup_device(const TrainOptions& o) {
-  S2H_CHECK(o.kernels == "fused" || o.kernels == "library", "--kernels must be fused or library, got '{}'", o.kernels);
+  check_kernels_flag(o.kernels);
   set_fused_kernels(o.kernels == "fused");
   return setup_device(o.device, o.precision);
 }

@@ -92,6 +92,8 @@ void validate_device_flags(const std::string& device, const std::string& precisi
 Device setup_device(const std::string& device, const std::string& precision);
 // Also sets the --kernels choice (fused_kernels()).
 Device setup_device(const TrainOptions& o);
+// Throws naming --kernels unless it is fused or library.
+void check_kernels_flag(const std::string& kernels);
 // "cpu" or "cuda (NVIDIA H100 80GB HBM3, bf16)" for progress lines.
 std::string device_label(Device dev);
 

@@ -200,7 +200,7 @@ void validate_training_options(const TrainOptions& o) {
   S2H_CHECK(!o.resume || !o.out.empty(), "--resume needs --out, the folder of the run to continue");
   LrSchedule::parse_kind(o.schedule);
   validate_device_flags(o.device, o.precision);
-  S2H_CHECK(o.kernels == "fused" || o.kernels == "library", "--kernels must be fused or library, got '{}'", o.kernels);
+  check_kernels_flag(o.kernels);
 }
 
 namespace {
