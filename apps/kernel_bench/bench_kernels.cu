@@ -19,6 +19,7 @@ namespace s2h::kbench {
 
 using cuda::from_f;
 using cuda::grid_for;
+using cuda::launch;
 using cuda::to_f;
 using cuda::warp_sum;
 using bf16_t = __nv_bfloat16;
@@ -238,7 +239,7 @@ __global__ void conv_ref_data(ConvDev r, const int64_t* samples, int64_t count, 
 
 // One block per sample of dW: the sum over every output pixel.
 __global__ void conv_ref_weight(ConvDev r, const int64_t* samples, double* ref) {
-  __shared__ double sh[32];
+  S2H_SHARED(double, sh, [32]);
   const int64_t* sp = samples + blockIdx.x * 4;
   const int64_t oi = sp[0], kh = sp[1], kw = sp[2], ci = sp[3];
   const int64_t pixels = r.n * r.ho * r.wo;
@@ -275,7 +276,7 @@ __global__ void conv_gather_kernel(ConvDev r, int pass, const int64_t* samples, 
 // ------------------------------------------------------------------ mask-gradient references
 // block (32, 8): 32 channels by 8 row lanes; rows split over gridDim.y.
 __global__ void column_dot_kernel(const bf16_t* a, const bf16_t* b, int64_t rows, int64_t c, double* out) {
-  __shared__ double part[8][32];
+  S2H_SHARED(double, part, [8][32]);
   const int64_t j = blockIdx.x * 32 + threadIdx.x;
   double acc = 0;
   if (j < c) {
@@ -293,7 +294,7 @@ __global__ void column_dot_kernel(const bf16_t* a, const bf16_t* b, int64_t rows
 
 template <class A>
 __global__ void row_dot_kernel(const A* a, const bf16_t* b, int64_t len, double* out) {
-  __shared__ double sh[32];
+  S2H_SHARED(double, sh, [32]);
   const int64_t row = blockIdx.x;
   double acc = 0;
   for (int64_t j = threadIdx.x; j < len; j += blockDim.x)
@@ -434,32 +435,29 @@ void require_f32_or_bf16(DType t, const char* what) {
 void fill_uniform(void* p, DType dtype, int64_t n, float lo, float hi, uint32_t seed, Stream stream) {
   if (n <= 0) return;
   cuda::dispatch_gpu_float(dtype, "fill_uniform", [&]<typename T>() {
-    fill_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(static_cast<T*>(p), n, lo, hi - lo, seed);
+    launch("kbench::fill_kernel", fill_kernel<T>, grid_for(n, kBlock), kBlock, 0, stream, static_cast<T*>(p), n, lo,
+           hi - lo, seed);
   });
-  CUDA_CHECK_LAUNCH("kbench::fill_kernel");
 }
 
 void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, Stream stream) {
   if (n <= 0) return;
   cuda::dispatch_gpu_float(src_dtype, "convert", [&]<typename S>() {
     cuda::dispatch_gpu_float(dst_dtype, "convert", [&]<typename D>() {
-      convert_kernel<S, D><<<grid_for(n, kBlock), kBlock, 0, stream>>>(static_cast<const S*>(src), static_cast<D*>(dst), n);
+      launch("kbench::convert_kernel", convert_kernel<S, D>, grid_for(n, kBlock), kBlock, 0, stream,
+             static_cast<const S*>(src), static_cast<D*>(dst), n);
     });
   });
-  CUDA_CHECK_LAUNCH("kbench::convert_kernel");
 }
 
 void read_through(const void* p, size_t bytes, Stream stream) {
   const int64_t n = static_cast<int64_t>(bytes / 16);
   if (n <= 0) return;
-  read_kernel<<<grid_for(n, kBlock), kBlock, 0, stream>>>(static_cast<const uint4*>(p), n, nullptr);
-  CUDA_CHECK_LAUNCH("kbench::read_kernel");
+  launch("kbench::read_kernel", read_kernel, grid_for(n, kBlock), kBlock, 0, stream, static_cast<const uint4*>(p), n,
+         nullptr);
 }
 
-void spin_ns(uint64_t ns, Stream stream) {
-  spin_kernel<<<1, 1, 0, stream>>>(ns);
-  CUDA_CHECK_LAUNCH("kbench::spin_kernel");
-}
+void spin_ns(uint64_t ns, Stream stream) { launch("kbench::spin_kernel", spin_kernel, 1, 1, 0, stream, ns); }
 
 void scale_channels(const void* x, const float* scale, void* y, int64_t rows, int64_t c, Stream stream) {
   const int64_t n = rows * c;
@@ -467,13 +465,12 @@ void scale_channels(const void* x, const float* scale, void* y, int64_t rows, in
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) && (reinterpret_cast<uintptr_t>(y) % 16 == 0);
   if (c % 8 == 0 && aligned) {
     const int64_t nvec = n / 8;
-    scale_channels_vec8<<<grid_for(nvec, kBlock), kBlock, 0, stream>>>(static_cast<const uint4*>(x), scale,
-                                                                       static_cast<uint4*>(y), nvec, c);
+    launch("kbench::scale_channels", scale_channels_vec8, grid_for(nvec, kBlock), kBlock, 0, stream,
+           static_cast<const uint4*>(x), scale, static_cast<uint4*>(y), nvec, c);
   } else {
-    scale_channels_scalar<<<grid_for(n, kBlock), kBlock, 0, stream>>>(static_cast<const bf16_t*>(x), scale,
-                                                                      static_cast<bf16_t*>(y), n, c);
+    launch("kbench::scale_channels", scale_channels_scalar, grid_for(n, kBlock), kBlock, 0, stream,
+           static_cast<const bf16_t*>(x), scale, static_cast<bf16_t*>(y), n, c);
   }
-  CUDA_CHECK_LAUNCH("kbench::scale_channels");
 }
 
 Compare compare(const void* a, DType a_dtype, const void* b, DType b_dtype, int64_t n, int device) {
@@ -490,11 +487,10 @@ Compare compare(const void* a, DType a_dtype, const void* b, DType b_dtype, int6
   const unsigned grid = std::min(grid_for(n, kBlock), 8192u);
   cuda::dispatch_gpu_float(a_dtype, "compare", [&]<typename A>() {
     cuda::dispatch_gpu_float(b ? b_dtype : DType::F32, "compare", [&]<typename B>() {
-      compare_kernel<A, B><<<grid, kBlock, 0, stream>>>(static_cast<const A*>(a), static_cast<const B*>(b), n, maxbits,
-                                                        counts);
+      launch("kbench::compare_kernel", compare_kernel<A, B>, grid, kBlock, 0, stream, static_cast<const A*>(a),
+             static_cast<const B*>(b), n, maxbits, counts);
     });
   });
-  CUDA_CHECK_LAUNCH("kbench::compare_kernel");
   unsigned char host[24];
   cuda::copy_to_host(host, scratch, 24, device);
   cuda::device_free(scratch, device);
@@ -518,14 +514,15 @@ void conv_reference(ConvPass pass, const ConvRef& r, const int64_t* samples, int
   require_f32_or_bf16(r.weight_dtype, "conv_reference weight");
   const ConvDev d = conv_dev(r);
   if (pass == ConvPass::Weight) {
-    conv_ref_weight<<<static_cast<unsigned>(count), kBlock, 0, stream>>>(d, samples, ref);
+    launch("kbench::conv_reference", conv_ref_weight, static_cast<unsigned>(count), kBlock, 0, stream, d, samples, ref);
   } else {
     const int64_t threads = count * 32;
     const unsigned grid = static_cast<unsigned>((threads + kBlock - 1) / kBlock);
-    if (pass == ConvPass::Forward) conv_ref_forward<<<grid, kBlock, 0, stream>>>(d, samples, count, ref);
-    else conv_ref_data<<<grid, kBlock, 0, stream>>>(d, samples, count, ref);
+    if (pass == ConvPass::Forward)
+      launch("kbench::conv_reference", conv_ref_forward, grid, kBlock, 0, stream, d, samples, count, ref);
+    else
+      launch("kbench::conv_reference", conv_ref_data, grid, kBlock, 0, stream, d, samples, count, ref);
   }
-  CUDA_CHECK_LAUNCH("kbench::conv_reference");
 }
 
 void conv_gather(ConvPass pass, const MaskedConvShape& s, const MaskedConvArgs& a, const int64_t* samples,
@@ -537,10 +534,9 @@ void conv_gather(ConvPass pass, const MaskedConvShape& s, const MaskedConvArgs& 
   const ConvDev d = conv_dev(r);
   const int p = pass == ConvPass::Forward ? 0 : pass == ConvPass::Data ? 1 : 2;
   cuda::dispatch_gpu_float(out_dtype, "conv_gather", [&]<typename T>() {
-    conv_gather_kernel<T><<<grid_for(count, kBlock), kBlock, 0, stream>>>(d, p, samples, count,
-                                                                        static_cast<const T*>(out), got);
+    launch("kbench::conv_gather", conv_gather_kernel<T>, grid_for(count, kBlock), kBlock, 0, stream, d, p, samples,
+           count, static_cast<const T*>(out), got);
   });
-  CUDA_CHECK_LAUNCH("kbench::conv_gather");
 }
 
 void column_dot(const void* a, const void* b, int64_t rows, int64_t c, double* out, Stream stream) {
@@ -550,18 +546,16 @@ void column_dot(const void* a, const void* b, int64_t rows, int64_t c, double* o
   const dim3 block(32, 8);
   const unsigned gy = static_cast<unsigned>(std::min<int64_t>((rows + 8 * 64 - 1) / (8 * 64), 1024));
   const dim3 grid(static_cast<unsigned>((c + 31) / 32), gy);
-  column_dot_kernel<<<grid, block, 0, stream>>>(static_cast<const bf16_t*>(a), static_cast<const bf16_t*>(b), rows, c,
-                                                out);
-  CUDA_CHECK_LAUNCH("kbench::column_dot");
+  launch("kbench::column_dot", column_dot_kernel, grid, block, 0, stream, static_cast<const bf16_t*>(a),
+         static_cast<const bf16_t*>(b), rows, c, out);
 }
 
 void row_dot(const void* a, DType a_dtype, const void* b, int64_t rows, int64_t len, double* out, Stream stream) {
   if (rows <= 0) return;
   cuda::dispatch_gpu_float(a_dtype, "row_dot", [&]<typename A>() {
-    row_dot_kernel<A><<<static_cast<unsigned>(rows), kBlock, 0, stream>>>(static_cast<const A*>(a),
-                                                                        static_cast<const bf16_t*>(b), len, out);
+    launch("kbench::row_dot", row_dot_kernel<A>, static_cast<unsigned>(rows), kBlock, 0, stream,
+           static_cast<const A*>(a), static_cast<const bf16_t*>(b), len, out);
   });
-  CUDA_CHECK_LAUNCH("kbench::row_dot");
 }
 
 void attention_reference(const AttnRef& r, float* o, float* lse, float* delta, float* dq, float* dk, float* dv,
@@ -587,13 +581,10 @@ void attention_reference(const AttnRef& r, float* o, float* lse, float* delta, f
                                     static_cast<int>(smem1)));
   }
   const dim3 grid(static_cast<unsigned>(s.s), static_cast<unsigned>(r.np));
-  attn_ref_forward<<<grid, 128, smem1, stream>>>(d, o, lse);
-  CUDA_CHECK_LAUNCH("kbench::attn_ref_forward");
+  launch("kbench::attn_ref_forward", attn_ref_forward, grid, 128, smem1, stream, d, o, lse);
   if (!r.dout) return;
-  attn_ref_backward_q<<<grid, 128, smem1, stream>>>(d, o, lse, delta, dq);
-  CUDA_CHECK_LAUNCH("kbench::attn_ref_backward_q");
-  attn_ref_backward_kv<<<grid, 128, smem2, stream>>>(d, lse, delta, dk, dv);
-  CUDA_CHECK_LAUNCH("kbench::attn_ref_backward_kv");
+  launch("kbench::attn_ref_backward_q", attn_ref_backward_q, grid, 128, smem1, stream, d, o, lse, delta, dq);
+  launch("kbench::attn_ref_backward_kv", attn_ref_backward_kv, grid, 128, smem2, stream, d, lse, delta, dk, dv);
 }
 
 }  // namespace s2h::kbench

@@ -80,14 +80,13 @@
 // swizzled (instead of padded) shared memory, register-resident Q / dout in
 // the backward, 16-byte output stores through shared memory, splitting the
 // key range of long sequences over several blocks.
-#include <cuda_bf16.h>
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace s2h::cuda {
 
@@ -101,43 +100,7 @@ constexpr int kTile = 64;  // query and key tile (rows); 16 per warp
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kMaskedLogit = -1e9f;  // the CPU path's additive padding bias
 
-// ------------------------------------------------------------------ PTX helpers
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy that bypasses L1; completes at cp_async_wait.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(smem)), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// ldmatrix reads shared memory that other threads wrote: volatile keeps it
-// after the preceding cp_async_wait / __syncthreads.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-// c += a * b (16x8x16, bf16 in, f32 accumulate). Not volatile: a pure function of its operands.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-               "{%0, %1, %2, %3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
+// ------------------------------------------------------------------ helpers
 // Two floats as a bf16 pair: `lo` in the low 16 bits (the lower index).
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -422,7 +385,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   const auto [hs, scale, pad_b, unbias] = head_params(sh, mk, bb, hh);
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  S2H_DYNAMIC_SHARED(16, unsigned char, smem_raw);
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);                 // [Br][L]
   bf16* Ks = Qs + Br * L;                                       // [2][Bc][L]
   bf16* Vs = Ks + 2 * Bc * L;                                   // [2][Bc][L]
@@ -558,7 +521,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int r = 0; r < 2; ++r) kbias[r] = key_bias(pad_b, k0 + warp * 16 + g + 8 * r, s);
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  S2H_DYNAMIC_SHARED(16, unsigned char, smem_raw);
   bf16* Ks = reinterpret_cast<bf16*>(smem_raw);                  // [Bc][L]
   bf16* Vs = Ks + Bc * L;                                        // [Bc][L]
   bf16* Qs = Vs + Bc * L;                                        // [2][Br][L]
@@ -649,7 +612,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     delta_r[r] = i < s ? delta[rows_bh + i] : 0.f;
   }
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  S2H_DYNAMIC_SHARED(16, unsigned char, smem_raw);
   bf16* Qs = reinterpret_cast<bf16*>(smem_raw);                 // [Br][L]
   bf16* dOs = Qs + Br * L;                                      // [Br][L]
   bf16* Ks = dOs + Br * L;                                      // [2][Bc][L]
@@ -739,8 +702,8 @@ void forward_impl(const AttentionShape& s, const AttentionMasks& m, const bf16* 
                   bf16* out, bf16* out_u, float* lse, Stream stream) {
   const size_t smem = fwd_smem(D);
   allow_smem(attn_fwd_kernel<D>, smem);
-  attn_fwd_kernel<D><<<grid_of(s, kTile), kThreads, smem, stream>>>(s, m, q, k, v, out, out_u, lse);
-  CUDA_CHECK_LAUNCH("attention_forward");
+  launch("attention_forward", attn_fwd_kernel<D>, grid_of(s, kTile), kThreads, smem, stream, s, m, q, k, v, out, out_u,
+         lse);
 }
 
 template <int D>
@@ -748,22 +711,20 @@ void backward_impl(const AttentionShape& s, const AttentionMasks& m, const bf16*
                    const bf16* out_u, const bf16* dout, const float* lse, bf16* dq, bf16* dk, bf16* dv, float* delta,
                    float* dhs_rows, Stream stream) {
   constexpr int kPreBlock = 256;  // 8 rows (warps) per block
-  attn_bwd_preprocess_kernel<D><<<grid_for(s.b * s.h * s.s, kPreBlock / 32), kPreBlock, 0, stream>>>(
-      s, m, out_u, dout, delta, dhs_rows);
-  CUDA_CHECK_LAUNCH("attention_backward (preprocess)");
+  launch("attention_backward (preprocess)", attn_bwd_preprocess_kernel<D>, grid_for(s.b * s.h * s.s, kPreBlock / 32),
+         kPreBlock, 0, stream, s, m, out_u, dout, delta, dhs_rows);
 
   constexpr int Br = kBwdStream<D>;
   const size_t smem_kv = dkdv_smem(D, Br);
   allow_smem(attn_bwd_dkdv_kernel<D, Br>, smem_kv);
-  attn_bwd_dkdv_kernel<D, Br><<<grid_of(s, kTile), kThreads, smem_kv, stream>>>(s, m, q, k, v, dout, lse, delta, dk,
-                                                                                 dv);
-  CUDA_CHECK_LAUNCH("attention_backward (dk, dv)");
+  launch("attention_backward (dk, dv)", attn_bwd_dkdv_kernel<D, Br>, grid_of(s, kTile), kThreads, smem_kv, stream, s, m,
+         q, k, v, dout, lse, delta, dk, dv);
 
   constexpr int Bc = kBwdStream<D>;
   const size_t smem_q = dq_smem(D, Bc);
   allow_smem(attn_bwd_dq_kernel<D, Bc>, smem_q);
-  attn_bwd_dq_kernel<D, Bc><<<grid_of(s, kTile), kThreads, smem_q, stream>>>(s, m, q, k, v, dout, lse, delta, dq);
-  CUDA_CHECK_LAUNCH("attention_backward (dq)");
+  launch("attention_backward (dq)", attn_bwd_dq_kernel<D, Bc>, grid_of(s, kTile), kThreads, smem_q, stream, s, m, q, k,
+         v, dout, lse, delta, dq);
 }
 
 }  // namespace

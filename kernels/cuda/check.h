@@ -1,8 +1,13 @@
-// Error checks for the CUDA sources (includes the CUDA runtime header; only
-// .cu files and CUDA-only .cpp files include this).
+// Error checks for the CUDA sources (includes the CUDA runtime header, or the
+// emulator's in an S2H_EMU build; only .cu files and CUDA-only .cpp files
+// include this).
 #pragma once
 
+#ifdef S2H_EMU
+#include "kernels/cuda/emu/emu.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <string>
 
@@ -28,6 +33,3 @@ inline unsigned grid_for(long long n, int block = 256) {
 }  // namespace s2h::cuda
 
 #define CUDA_CHECK(expr) ::s2h::cuda::check_cuda((expr), #expr, __FILE__, __LINE__)
-// After a <<<...>>> launch: reports a bad configuration at once (execution
-// errors surface at the next synchronising call).
-#define CUDA_CHECK_LAUNCH(name) ::s2h::cuda::check_cuda(cudaGetLastError(), name, __FILE__, __LINE__)

@@ -1,17 +1,63 @@
 // Device-side helpers shared by the CUDA kernels: float/bf16 loads and
-// stores (all arithmetic is in fp32) and the host-side type dispatch.
+// stores (all arithmetic is in fp32), shared-memory declarations, the launch
+// helper every launcher uses, and the host-side type dispatch. In an S2H_EMU
+// build the same code compiles with the host compiler against the emulator
+// (kernels/cuda/emu/emu.h) instead of the CUDA headers.
 #pragma once
 
+#ifdef S2H_EMU
+#include "kernels/cuda/emu/emu.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "kernels/cuda/check.h"
 #include "kernels/dtype.h"
 
+// Shared memory of a block, declared in a kernel or device function:
+//   S2H_SHARED(float, sh, [256]);                      __shared__ float sh[256];
+//   S2H_SHARED(PixelTable, tab);                       __shared__ PixelTable tab;
+//   S2H_SHARED_ALIGNED(128, unsigned char, s, [n]);    __shared__ __align__(128) unsigned char s[n];
+//   S2H_DYNAMIC_SHARED(16, unsigned char, smem);       extern __shared__ __align__(16) unsigned char smem[];
+// The emulator allocates each per block (poisoned, fenced) and names it in its reports.
+#ifdef S2H_EMU
+#define S2H_SHARED_ALIGNED(align, type, name, ...) \
+  static char s2h_shared_key_##name;               \
+  auto& name = ::s2h::emu::shared<type __VA_ARGS__, align>(&s2h_shared_key_##name, #name)
+#define S2H_DYNAMIC_SHARED(align, type, name) type* name = ::s2h::emu::dynamic_shared<type>(align, #name)
+#else
+#define S2H_SHARED_ALIGNED(align, type, name, ...) \
+  __shared__ __align__(align)                      \
+  type name __VA_ARGS__
+#define S2H_DYNAMIC_SHARED(align, type, name) \
+  extern __shared__ __align__(align)          \
+  type name[]
+#endif
+#define S2H_SHARED(type, name, ...) S2H_SHARED_ALIGNED(alignof(type), type, name, __VA_ARGS__)
+
 namespace s2h::cuda {
+
+// Launches kernel(args...) on `stream` with grid x block threads and
+// `dynamic_smem` bytes of dynamic shared memory, and reports a bad launch
+// configuration at once as a CudaError naming `name` (execution errors surface
+// at the next synchronising call). Under S2H_EMU the launch runs in the
+// emulator before this returns, and any error it finds throws here.
+template <class... P, class... A>
+void launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t dynamic_smem, Stream stream,
+            A&&... args) {
+#ifdef S2H_EMU
+  (void)stream;
+  emu::launch(name, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+#else
+  kernel<<<grid, block, dynamic_smem, stream>>>(std::forward<A>(args)...);
+  check_cuda(cudaGetLastError(), name, __FILE__, __LINE__);
+#endif
+}
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }

@@ -115,13 +115,12 @@ void strided_copy(void* dst, DType dst_dtype, const int64_t* dst_strides, const 
   dispatch_any(dst_dtype, [&]<typename D>() {
     dispatch_any(src_dtype, [&]<typename S>() {
       if (flat) {
-        contiguous_convert_kernel<D, S><<<grid_for(n), 256, 0, stream>>>(static_cast<D*>(dst),
-                                                                          static_cast<const S*>(src), n);
+        launch("strided_copy", contiguous_convert_kernel<D, S>, grid_for(n), 256, 0, stream, static_cast<D*>(dst),
+               static_cast<const S*>(src), n);
       } else {
-        strided_copy_kernel<D, S><<<grid_for(n), 256, 0, stream>>>(static_cast<D*>(dst), static_cast<const S*>(src),
-                                                                    dl, sl, n);
+        launch("strided_copy", strided_copy_kernel<D, S>, grid_for(n), 256, 0, stream, static_cast<D*>(dst),
+               static_cast<const S*>(src), dl, sl, n);
       }
-      CUDA_CHECK_LAUNCH("strided_copy");
     });
   });
 }
@@ -139,31 +138,27 @@ void fill(void* dst, DType dtype, const int64_t* strides, const int64_t* shape, 
     } else {
       v = static_cast<T>(value);
     }
-    fill_kernel<T><<<grid_for(n), 256, 0, stream>>>(static_cast<T*>(dst), l, v, n);
-    CUDA_CHECK_LAUNCH("fill");
+    launch("fill", fill_kernel<T>, grid_for(n), 256, 0, stream, static_cast<T*>(dst), l, v, n);
   });
 }
 
 void axpy(void* y, const void* x, DType dtype, int64_t n, double alpha, Stream stream) {
   if (n == 0) return;
   dispatch_gpu_float(dtype, "add_", [&]<typename T>() {
-    axpy_kernel<T><<<grid_for(n), 256, 0, stream>>>(static_cast<T*>(y), static_cast<const T*>(x),
-                                                     static_cast<float>(alpha), n);
-    CUDA_CHECK_LAUNCH("axpy");
+    launch("axpy", axpy_kernel<T>, grid_for(n), 256, 0, stream, static_cast<T*>(y), static_cast<const T*>(x),
+           static_cast<float>(alpha), n);
   });
 }
 
 void scale(void* x, DType dtype, int64_t n, double alpha, Stream stream) {
   if (n == 0) return;
   dispatch_gpu_float(dtype, "mul_", [&]<typename T>() {
-    scale_kernel<T><<<grid_for(n), 256, 0, stream>>>(static_cast<T*>(x), static_cast<float>(alpha), n);
-    CUDA_CHECK_LAUNCH("scale");
+    launch("scale", scale_kernel<T>, grid_for(n), 256, 0, stream, static_cast<T*>(x), static_cast<float>(alpha), n);
   });
 }
 
 void add_i64(int64_t* counter, int64_t delta, Stream stream) {
-  add_i64_kernel<<<1, 1, 0, stream>>>(counter, delta);
-  CUDA_CHECK_LAUNCH("add_i64");
+  launch("add_i64", add_i64_kernel, 1, 1, 0, stream, counter, delta);
 }
 
 }  // namespace s2h::cuda

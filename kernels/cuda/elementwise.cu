@@ -330,13 +330,12 @@ void unary_forward(UnaryOp op, double param, const void* x, void* y, DType dtype
     dispatch_unary(op, [&]<UnaryOp OP>() {
       if (packed) {
         constexpr int N = kPack<T>;
-        unary_forward_kernel<OP, N, T><<<grid_for((n + N - 1) / N), 256, 0, stream>>>(static_cast<const T*>(x),
-                                                                                       static_cast<T*>(y), n, p);
+        launch("unary_forward", unary_forward_kernel<OP, N, T>, grid_for((n + N - 1) / N), 256, 0, stream,
+               static_cast<const T*>(x), static_cast<T*>(y), n, p);
       } else {
-        unary_forward_kernel<OP, 1, T><<<grid_for(n), 256, 0, stream>>>(static_cast<const T*>(x),
-                                                                         static_cast<T*>(y), n, p);
+        launch("unary_forward", unary_forward_kernel<OP, 1, T>, grid_for(n), 256, 0, stream, static_cast<const T*>(x),
+               static_cast<T*>(y), n, p);
       }
-      CUDA_CHECK_LAUNCH("unary_forward");
     });
   });
 }
@@ -354,11 +353,11 @@ void unary_backward(UnaryOp op, double param, const void* x, const void* y, cons
     dispatch_unary(op, [&]<UnaryOp OP>() {
       if (packed) {
         constexpr int N = kPack<T>;
-        unary_backward_kernel<OP, N, T><<<grid_for((n + N - 1) / N), 256, 0, stream>>>(xt, yt, gt, gxt, n, p);
+        launch("unary_backward", unary_backward_kernel<OP, N, T>, grid_for((n + N - 1) / N), 256, 0, stream, xt, yt, gt,
+               gxt, n, p);
       } else {
-        unary_backward_kernel<OP, 1, T><<<grid_for(n), 256, 0, stream>>>(xt, yt, gt, gxt, n, p);
+        launch("unary_backward", unary_backward_kernel<OP, 1, T>, grid_for(n), 256, 0, stream, xt, yt, gt, gxt, n, p);
       }
-      CUDA_CHECK_LAUNCH("unary_backward");
     });
   });
 }
@@ -400,17 +399,17 @@ void binary(BinaryOp op, const void* a, const int64_t* a_strides, const void* b,
       if (l.ndim == 1 && l.sa[0] == 1 && l.sb[0] == 1) {  // both operands contiguous, of out's shape
         if (aligned16(a) && aligned16(b) && aligned16(out)) {
           constexpr int N = kPack<T>;
-          binary_flat_kernel<OP, N, T><<<grid_for((n + N - 1) / N), 256, 0, stream>>>(at, bt, ot, n);
+          launch(binary_name(op), binary_flat_kernel<OP, N, T>, grid_for((n + N - 1) / N), 256, 0, stream, at, bt, ot,
+                 n);
         } else {
-          binary_flat_kernel<OP, 1, T><<<grid_for(n), 256, 0, stream>>>(at, bt, ot, n);
+          launch(binary_name(op), binary_flat_kernel<OP, 1, T>, grid_for(n), 256, 0, stream, at, bt, ot, n);
         }
       } else if (n <= INT32_MAX) {
-        binary_strided_kernel<OP, T, uint32_t><<<grid_for(n), 256, 0, stream>>>(at, bt, ot, l,
-                                                                                static_cast<uint32_t>(n));
+        launch(binary_name(op), binary_strided_kernel<OP, T, uint32_t>, grid_for(n), 256, 0, stream, at, bt, ot, l,
+               static_cast<uint32_t>(n));
       } else {
-        binary_strided_kernel<OP, T, int64_t><<<grid_for(n), 256, 0, stream>>>(at, bt, ot, l, n);
+        launch(binary_name(op), binary_strided_kernel<OP, T, int64_t>, grid_for(n), 256, 0, stream, at, bt, ot, l, n);
       }
-      CUDA_CHECK_LAUNCH(binary_name(op));
     });
   });
 }

@@ -49,13 +49,13 @@ void launch_select(const void* x, void* out, const int64_t* index, int64_t n, in
   // 32-bit indexing needs every offset into x and out below 2^31 as well.
   const int64_t biggest = total > (total / k) * n ? total : (total / k) * n;
   if (biggest <= INT32_MAX) {
-    index_select_kernel<U, uint32_t><<<grid_for(total), 256, 0, stream>>>(
-        xt, ot, index, static_cast<uint32_t>(n), static_cast<uint32_t>(k), static_cast<uint32_t>(inner),
-        static_cast<uint32_t>(total));
+    launch("index_select", index_select_kernel<U, uint32_t>, grid_for(total), 256, 0, stream, xt, ot, index,
+           static_cast<uint32_t>(n), static_cast<uint32_t>(k), static_cast<uint32_t>(inner),
+           static_cast<uint32_t>(total));
   } else {
-    index_select_kernel<U, int64_t><<<grid_for(total), 256, 0, stream>>>(xt, ot, index, n, k, inner, total);
+    launch("index_select", index_select_kernel<U, int64_t>, grid_for(total), 256, 0, stream, xt, ot, index, n, k, inner,
+           total);
   }
-  CUDA_CHECK_LAUNCH("index_select");
 }
 
 }  // namespace
@@ -82,13 +82,13 @@ void index_add(float* dst, const void* src, DType src_dtype, const int64_t* inde
   dispatch_gpu_float(src_dtype, "index_select backward", [&]<typename T>() {
     const T* st = static_cast<const T*>(src);
     if (biggest <= INT32_MAX) {
-      index_add_kernel<T, uint32_t><<<grid_for(total), 256, 0, stream>>>(
-          dst, st, index, static_cast<uint32_t>(n), static_cast<uint32_t>(k), static_cast<uint32_t>(inner),
-          static_cast<uint32_t>(total));
+      launch("index_add", index_add_kernel<T, uint32_t>, grid_for(total), 256, 0, stream, dst, st, index,
+             static_cast<uint32_t>(n), static_cast<uint32_t>(k), static_cast<uint32_t>(inner),
+             static_cast<uint32_t>(total));
     } else {
-      index_add_kernel<T, int64_t><<<grid_for(total), 256, 0, stream>>>(dst, st, index, n, k, inner, total);
+      launch("index_add", index_add_kernel<T, int64_t>, grid_for(total), 256, 0, stream, dst, st, index, n, k, inner,
+             total);
     }
-    CUDA_CHECK_LAUNCH("index_add");
   });
 }
 

@@ -37,8 +37,6 @@
 //
 // The loaders and epilogues are __host__ __device__ and take the thread index as an argument, so that the
 // index math can be checked on a host by emulating the block loops around them.
-#include <mma.h>
-
 #include <algorithm>
 #include <climits>
 #include <cstdint>
@@ -48,6 +46,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/masked_conv.h"
+#include "kernels/cuda/mma.cuh"
 
 #define S2H_MC_HD __host__ __device__ __forceinline__
 
@@ -894,9 +893,9 @@ __device__ __forceinline__ const float* gemm_block(Ld& ld, unsigned char* smem, 
 
 template <class WT, bool VEC>
 __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const ConvArgs<WT> p) {
-  __shared__ __align__(128) unsigned char smem[kSmemBytes];
-  __shared__ PixelTable tab;
-  __shared__ int64_t wrow[kBN];
+  S2H_SHARED_ALIGNED(128, unsigned char, smem, [kSmemBytes]);
+  S2H_SHARED(PixelTable, tab);
+  S2H_SHARED(int64_t, wrow, [kBN]);
   const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   fill_fwd_tables(tab, wrow, p.g, p.out_index, m0, n0, t);
@@ -909,9 +908,9 @@ __global__ void __launch_bounds__(kThreads, 2) fwd_kernel(const ConvArgs<WT> p) 
 
 template <class WT, bool VEC>
 __global__ void __launch_bounds__(kThreads, 2) dgrad_kernel(const ConvArgs<WT> p) {
-  __shared__ __align__(128) unsigned char smem[kSmemBytes];
-  __shared__ InPixelTable tab;
-  __shared__ float red[kThreads];
+  S2H_SHARED_ALIGNED(128, unsigned char, smem, [kSmemBytes]);
+  S2H_SHARED(InPixelTable, tab);
+  S2H_SHARED(float, red, [kThreads]);
   const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   fill_in_pixel_table(tab, p.g, m0, t);
@@ -930,7 +929,7 @@ __global__ void __launch_bounds__(kThreads, 2) dgrad_kernel(const ConvArgs<WT> p
 
 template <bool VA, bool VB>
 __global__ void __launch_bounds__(kThreads, 2) wgrad_kernel(const ConvArgs<float> p) {
-  __shared__ __align__(128) unsigned char smem[kSmemBytes];
+  S2H_SHARED_ALIGNED(128, unsigned char, smem, [kSmemBytes]);
   const int t = threadIdx.x;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN, z = blockIdx.z;
   const int pixels = p.g.n * p.g.ho * p.g.wo;
@@ -943,7 +942,7 @@ __global__ void __launch_bounds__(kThreads, 2) wgrad_kernel(const ConvArgs<float
 
 template <class WT>
 __global__ void __launch_bounds__(kThreads) wgrad_finalize_kernel(const FinalArgs<WT> f) {
-  __shared__ float red[kThreads / 32];
+  S2H_SHARED(float, red, [kThreads / 32]);
   const int t = threadIdx.x, oi = blockIdx.x;
   float part = finalize_wgrad(f, oi, t);
   if (f.dout_scale) {  // the same for the whole block
@@ -961,9 +960,9 @@ __global__ void __launch_bounds__(kThreads) wgrad_finalize_kernel(const FinalArg
 // One block per SM: two accumulator sets (64 fp32 registers a thread) do not fit the 128 registers of two.
 template <class WT, bool VEC>
 __global__ void __launch_bounds__(kThreads, 1) dual_kernel(const DualArgs<WT> p) {
-  extern __shared__ __align__(128) unsigned char dsmem[];
-  __shared__ PixelTable tab;
-  __shared__ int64_t wrow[kBN];
+  S2H_DYNAMIC_SHARED(128, unsigned char, dsmem);
+  S2H_SHARED(PixelTable, tab);
+  S2H_SHARED(int64_t, wrow, [kBN]);
   const int t = threadIdx.x, warp = t >> 5, wm = warp & 3, wn = warp >> 2;
   const int m0 = blockIdx.x * kBM, n0 = blockIdx.y * kBN;
   fill_fwd_tables(tab, wrow, p.g, nullptr, m0, n0, t);
@@ -1227,9 +1226,10 @@ void masked_conv_forward(const MaskedConvShape& s, const MaskedConvArgs& a, cons
   require_ptr(y, "y", op);
   dispatch_gpu_float(weight_dtype, op, [&]<typename WT>() {
     const ConvLaunch<WT> l = forward_launch<WT>(s, a, x, weight, y);
-    if (l.vec_a) fwd_kernel<WT, true><<<l.grid, kThreads, 0, stream>>>(l.p);
-    else fwd_kernel<WT, false><<<l.grid, kThreads, 0, stream>>>(l.p);
-    CUDA_CHECK_LAUNCH(op);
+    if (l.vec_a)
+      launch(op, fwd_kernel<WT, true>, l.grid, kThreads, 0, stream, l.p);
+    else
+      launch(op, fwd_kernel<WT, false>, l.grid, kThreads, 0, stream, l.p);
   });
 }
 
@@ -1246,9 +1246,10 @@ void masked_conv_backward_data(const MaskedConvShape& s, const MaskedConvArgs& a
   if (din_scale_partial) require_ptr(x, "x (needed for the input-scale gradient)", op);
   dispatch_gpu_float(weight_dtype, op, [&]<typename WT>() {
     const ConvLaunch<WT> l = dgrad_launch<WT>(s, a, x, dy, weight, dx, din_scale_partial);
-    if (l.vec_a) dgrad_kernel<WT, true><<<l.grid, kThreads, 0, stream>>>(l.p);
-    else dgrad_kernel<WT, false><<<l.grid, kThreads, 0, stream>>>(l.p);
-    CUDA_CHECK_LAUNCH(op);
+    if (l.vec_a)
+      launch(op, dgrad_kernel<WT, true>, l.grid, kThreads, 0, stream, l.p);
+    else
+      launch(op, dgrad_kernel<WT, false>, l.grid, kThreads, 0, stream, l.p);
   });
 }
 
@@ -1273,15 +1274,18 @@ void masked_conv_backward_weight(const MaskedConvShape& s, const MaskedConvArgs&
                     (workspace ? "" : " (null)") + ", expected " + std::to_string(need) +
                     " (masked_conv_wgrad_workspace_bytes)");
   const ConvLaunch<float> l = wgrad_launch(s, a, x, dy, workspace, plan);
-  if (l.vec_a && l.vec_b) wgrad_kernel<true, true><<<l.grid, kThreads, 0, stream>>>(l.p);
-  else if (l.vec_a) wgrad_kernel<true, false><<<l.grid, kThreads, 0, stream>>>(l.p);
-  else if (l.vec_b) wgrad_kernel<false, true><<<l.grid, kThreads, 0, stream>>>(l.p);
-  else wgrad_kernel<false, false><<<l.grid, kThreads, 0, stream>>>(l.p);
-  CUDA_CHECK_LAUNCH(op);
+  if (l.vec_a && l.vec_b)
+    launch(op, wgrad_kernel<true, true>, l.grid, kThreads, 0, stream, l.p);
+  else if (l.vec_a)
+    launch(op, wgrad_kernel<true, false>, l.grid, kThreads, 0, stream, l.p);
+  else if (l.vec_b)
+    launch(op, wgrad_kernel<false, true>, l.grid, kThreads, 0, stream, l.p);
+  else
+    launch(op, wgrad_kernel<false, false>, l.grid, kThreads, 0, stream, l.p);
   dispatch_gpu_float(weight_dtype, op, [&]<typename WT>() {
     const FinalArgs<WT> f = finalize_args<WT>(s, a, weight, dweight, dout_scale, workspace, plan);
-    wgrad_finalize_kernel<WT><<<static_cast<unsigned>(s.o), kThreads, 0, stream>>>(f);
-    CUDA_CHECK_LAUNCH("masked_conv_backward_weight (finalize)");
+    launch("masked_conv_backward_weight (finalize)", wgrad_finalize_kernel<WT>, static_cast<unsigned>(s.o), kThreads, 0,
+           stream, f);
   });
 }
 
@@ -1319,12 +1323,11 @@ void masked_conv_dual_forward(const MaskedConvShape& soft, const MaskedConvShape
     const DualLaunch<WT> l = dual_launch<WT>(soft, hard, out_scale, in_scale, xs, xh, weight, ys, yh);
     if (l.vec) {
       allow_smem(dual_kernel<WT, true>, kDualSmemBytes);
-      dual_kernel<WT, true><<<l.grid, kThreads, kDualSmemBytes, stream>>>(l.p);
+      launch(op, dual_kernel<WT, true>, l.grid, kThreads, kDualSmemBytes, stream, l.p);
     } else {
       allow_smem(dual_kernel<WT, false>, kDualSmemBytes);
-      dual_kernel<WT, false><<<l.grid, kThreads, kDualSmemBytes, stream>>>(l.p);
+      launch(op, dual_kernel<WT, false>, l.grid, kThreads, kDualSmemBytes, stream, l.p);
     }
-    CUDA_CHECK_LAUNCH(op);
   });
 }
 

@@ -70,7 +70,9 @@ template <class T>
 __global__ void __launch_bounds__(kTileC* kTileR)
     bn_stats_kernel(const T* __restrict__ x, int64_t rows, int64_t c, int64_t rpc, float* __restrict__ part_mean,
                     float* __restrict__ part_m2) {
-  __shared__ float sn[kTileR][kTileC], smean[kTileR][kTileC], sm2[kTileR][kTileC];
+  S2H_SHARED(float, sn, [kTileR][kTileC]);
+  S2H_SHARED(float, smean, [kTileR][kTileC]);
+  S2H_SHARED(float, sm2, [kTileR][kTileC]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kTileC + tx;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rpc, r1 = lmin(rows, r0 + rpc);
@@ -171,7 +173,8 @@ template <class T>
 __global__ void __launch_bounds__(kTileC* kTileR)
     bn_bwd_sums_kernel(const T* __restrict__ x, const T* __restrict__ dy, int64_t rows, int64_t c, int64_t rpc,
                        const float* __restrict__ mean, float* __restrict__ part_dy, float* __restrict__ part_dyx) {
-  __shared__ float s1[kTileR][kTileC], s2[kTileR][kTileC];
+  S2H_SHARED(float, s1, [kTileR][kTileC]);
+  S2H_SHARED(float, s2, [kTileR][kTileC]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kTileC + tx;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rpc, r1 = lmin(rows, r0 + rpc);
@@ -312,7 +315,8 @@ __global__ void __launch_bounds__(kTileC* kTileR)
     ln_param_sums_kernel(const T* __restrict__ x, const T* __restrict__ dy, int64_t rows, int64_t c, int64_t rpc,
                          const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ part_w,
                          float* __restrict__ part_b) {
-  __shared__ float s1[kTileR][kTileC], s2[kTileR][kTileC];
+  S2H_SHARED(float, s1, [kTileR][kTileC]);
+  S2H_SHARED(float, s2, [kTileR][kTileC]);
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kTileC + tx;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rpc, r1 = lmin(rows, r0 + rpc);
@@ -375,24 +379,20 @@ void batch_norm_forward(const void* x, DType x_dtype, int64_t rows, int64_t c, c
       const P* w = static_cast<const P*>(weight);
       const P* b = static_cast<const P*>(bias);
       if (training) {
-        bn_stats_kernel<T><<<column_grid(c, plan.chunks), kTileBlock, 0, stream>>>(
-            static_cast<const T*>(x), rows, c, plan.rows_per_chunk, part0, part1);
-        CUDA_CHECK_LAUNCH("batch_norm statistics");
-        bn_finish_train_kernel<P><<<grid_for(c), 256, 0, stream>>>(
-            part0, part1, plan.chunks, plan.rows_per_chunk, rows, c, w, b, static_cast<P*>(running_mean),
-            static_cast<P*>(running_var), momentum, eps, save_mean, save_invstd, scale, shift);
-        CUDA_CHECK_LAUNCH("batch_norm statistics (finish)");
+        launch("batch_norm statistics", bn_stats_kernel<T>, column_grid(c, plan.chunks), kTileBlock, 0, stream,
+               static_cast<const T*>(x), rows, c, plan.rows_per_chunk, part0, part1);
+        launch("batch_norm statistics (finish)", bn_finish_train_kernel<P>, grid_for(c), 256, 0, stream, part0, part1,
+               plan.chunks, plan.rows_per_chunk, rows, c, w, b, static_cast<P*>(running_mean),
+               static_cast<P*>(running_var), momentum, eps, save_mean, save_invstd, scale, shift);
       } else {
-        bn_prep_eval_kernel<P><<<grid_for(c), 256, 0, stream>>>(c, w, b, static_cast<const P*>(running_mean),
-                                                                static_cast<const P*>(running_var), eps, save_mean,
-                                                                save_invstd, scale, shift);
-        CUDA_CHECK_LAUNCH("batch_norm (evaluation coefficients)");
+        launch("batch_norm (evaluation coefficients)", bn_prep_eval_kernel<P>, grid_for(c), 256, 0, stream, c, w, b,
+               static_cast<const P*>(running_mean), static_cast<const P*>(running_var), eps, save_mean, save_invstd,
+               scale, shift);
       }
     });
     if (rows > 0) {
-      bn_apply_kernel<T><<<elementwise_grid(rows, c), kTileBlock, 0, stream>>>(static_cast<const T*>(x), rows, c,
-                                                                               scale, shift, static_cast<T*>(y));
-      CUDA_CHECK_LAUNCH("batch_norm");
+      launch("batch_norm", bn_apply_kernel<T>, elementwise_grid(rows, c), kTileBlock, 0, stream,
+             static_cast<const T*>(x), rows, c, scale, shift, static_cast<T*>(y));
     }
   });
 }
@@ -411,22 +411,19 @@ void batch_norm_backward(const void* x, const void* dy, DType x_dtype, int64_t r
   const bool sums = dweight || dbias || (training && dx);
   dispatch_gpu_float(x_dtype, "batch_norm backward", [&]<typename T>() {
     if (sums) {
-      bn_bwd_sums_kernel<T><<<column_grid(c, plan.chunks), kTileBlock, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, plan.rows_per_chunk, save_mean, part0, part1);
-      CUDA_CHECK_LAUNCH("batch_norm backward sums");
+      launch("batch_norm backward sums", bn_bwd_sums_kernel<T>, column_grid(c, plan.chunks), kTileBlock, 0, stream,
+             static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, plan.rows_per_chunk, save_mean, part0,
+             part1);
     }
     dispatch_gpu_float(param_dtype, "batch_norm backward parameters", [&]<typename P>() {
-      bn_bwd_finish_kernel<P><<<grid_for(c), 256, 0, stream>>>(part0, part1, sums ? plan.chunks : 0, rows, c,
-                                                               save_invstd, static_cast<const P*>(weight), training,
-                                                               static_cast<P*>(dweight), static_cast<P*>(dbias), k1,
-                                                               k2, k3);
-      CUDA_CHECK_LAUNCH("batch_norm backward sums (finish)");
+      launch("batch_norm backward sums (finish)", bn_bwd_finish_kernel<P>, grid_for(c), 256, 0, stream, part0, part1,
+             sums ? plan.chunks : 0, rows, c, save_invstd, static_cast<const P*>(weight), training,
+             static_cast<P*>(dweight), static_cast<P*>(dbias), k1, k2, k3);
     });
     if (dx && rows > 0) {
-      bn_bwd_dx_kernel<T><<<elementwise_grid(rows, c), kTileBlock, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, save_mean, k1, k2, k3, training,
-          static_cast<T*>(dx));
-      CUDA_CHECK_LAUNCH("batch_norm backward");
+      launch("batch_norm backward", bn_bwd_dx_kernel<T>, elementwise_grid(rows, c), kTileBlock, 0, stream,
+             static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, save_mean, k1, k2, k3, training,
+             static_cast<T*>(dx));
     }
   });
 }
@@ -438,10 +435,9 @@ void layer_norm_forward(const void* x, DType x_dtype, int64_t rows, int64_t c, c
   if (rows <= 0 || c <= 0) return;
   dispatch_gpu_float(x_dtype, "layer_norm", [&]<typename T>() {
     dispatch_gpu_float(param_dtype, "layer_norm parameters", [&]<typename P>() {
-      ln_forward_kernel<T, P><<<grid_for(rows * 32), 256, 0, stream>>>(
-          static_cast<const T*>(x), rows, c, static_cast<const P*>(weight), static_cast<const P*>(bias),
-          static_cast<float>(eps), static_cast<T*>(y), mean, rstd);
-      CUDA_CHECK_LAUNCH("layer_norm");
+      launch("layer_norm", ln_forward_kernel<T, P>, grid_for(rows * 32), 256, 0, stream, static_cast<const T*>(x), rows,
+             c, static_cast<const P*>(weight), static_cast<const P*>(bias), static_cast<float>(eps), static_cast<T*>(y),
+             mean, rstd);
     });
   });
 }
@@ -456,19 +452,16 @@ void layer_norm_backward(const void* x, const void* dy, DType x_dtype, int64_t r
   dispatch_gpu_float(x_dtype, "layer_norm backward", [&]<typename T>() {
     dispatch_gpu_float(param_dtype, "layer_norm backward parameters", [&]<typename P>() {
       if (dx && rows > 0) {
-        ln_backward_dx_kernel<T, P><<<grid_for(rows * 32), 256, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, mean, rstd, static_cast<const P*>(weight),
-            static_cast<T*>(dx));
-        CUDA_CHECK_LAUNCH("layer_norm backward");
+        launch("layer_norm backward", ln_backward_dx_kernel<T, P>, grid_for(rows * 32), 256, 0, stream,
+               static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, mean, rstd, static_cast<const P*>(weight),
+               static_cast<T*>(dx));
       }
       if (dweight || dbias) {
-        ln_param_sums_kernel<T><<<column_grid(c, plan.chunks), kTileBlock, 0, stream>>>(
-            static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, plan.rows_per_chunk, mean, rstd, part_w,
-            part_b);
-        CUDA_CHECK_LAUNCH("layer_norm backward parameter sums");
-        column_finish_kernel<P><<<grid_for(c), 256, 0, stream>>>(part_w, part_b, plan.chunks, c,
-                                                                 static_cast<P*>(dweight), static_cast<P*>(dbias));
-        CUDA_CHECK_LAUNCH("layer_norm backward parameter sums (finish)");
+        launch("layer_norm backward parameter sums", ln_param_sums_kernel<T>, column_grid(c, plan.chunks), kTileBlock,
+               0, stream, static_cast<const T*>(x), static_cast<const T*>(dy), rows, c, plan.rows_per_chunk, mean, rstd,
+               part_w, part_b);
+        launch("layer_norm backward parameter sums (finish)", column_finish_kernel<P>, grid_for(c), 256, 0, stream,
+               part_w, part_b, plan.chunks, c, static_cast<P*>(dweight), static_cast<P*>(dbias));
       }
     });
   });

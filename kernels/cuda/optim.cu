@@ -144,8 +144,7 @@ void sgd_step(const SgdParam* params, int64_t count, float momentum, float damp,
     }
     if (t->count == 0) continue;
     check_grid(chunks, "SGD step");
-    sgd_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(*t);
-    CUDA_CHECK_LAUNCH("sgd_kernel");
+    launch("sgd_kernel", sgd_kernel, static_cast<unsigned>(chunks), kBlock, 0, stream, *t);
   }
 }
 
@@ -178,8 +177,7 @@ void adamw_step(const AdamWParam* params, int64_t count, float beta1, float beta
     }
     if (t->count == 0) continue;
     check_grid(chunks, "AdamW step");
-    adamw_kernel<<<static_cast<unsigned>(chunks), kBlock, 0, stream>>>(*t);
-    CUDA_CHECK_LAUNCH("adamw_kernel");
+    launch("adamw_kernel", adamw_kernel, static_cast<unsigned>(chunks), kBlock, 0, stream, *t);
   }
 }
 

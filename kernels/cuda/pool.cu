@@ -244,10 +244,9 @@ void max_pool2d_forward(const PoolGeom& g, const void* x, void* y, int32_t* argm
   if (total == 0) return;
   dispatch_gpu_float(dtype, "max_pool2d", [&]<typename T>() {
     dispatch_index({total, g.n * g.h * g.w * g.c}, [&]<typename I>() {
-      max_pool_forward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-          geom_as<I>(g), static_cast<const T*>(x), static_cast<T*>(y), argmax);
+      launch("max_pool2d", max_pool_forward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0, stream, geom_as<I>(g),
+             static_cast<const T*>(x), static_cast<T*>(y), argmax);
     });
-    CUDA_CHECK_LAUNCH("max_pool2d");
   });
 }
 
@@ -257,10 +256,9 @@ void max_pool2d_backward(const PoolGeom& g, const void* dy, const int32_t* argma
   if (total == 0) return;
   dispatch_gpu_float(dtype, "max_pool2d backward", [&]<typename T>() {
     dispatch_index({total, g.n * g.ho * g.wo * g.c}, [&]<typename I>() {
-      max_pool_backward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-          geom_as<I>(g), static_cast<const T*>(dy), argmax, static_cast<T*>(dx));
+      launch("max_pool2d backward", max_pool_backward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0, stream,
+             geom_as<I>(g), static_cast<const T*>(dy), argmax, static_cast<T*>(dx));
     });
-    CUDA_CHECK_LAUNCH("max_pool2d backward");
   });
 }
 
@@ -270,10 +268,9 @@ void avg_pool2d_forward(const PoolGeom& g, bool count_include_pad, const void* x
   if (total == 0) return;
   dispatch_gpu_float(dtype, "avg_pool2d", [&]<typename T>() {
     dispatch_index({total, g.n * g.h * g.w * g.c}, [&]<typename I>() {
-      avg_pool_forward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-          geom_as<I>(g), count_include_pad, static_cast<const T*>(x), static_cast<T*>(y));
+      launch("avg_pool2d", avg_pool_forward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0, stream, geom_as<I>(g),
+             count_include_pad, static_cast<const T*>(x), static_cast<T*>(y));
     });
-    CUDA_CHECK_LAUNCH("avg_pool2d");
   });
 }
 
@@ -283,10 +280,9 @@ void avg_pool2d_backward(const PoolGeom& g, bool count_include_pad, const void* 
   if (total == 0) return;
   dispatch_gpu_float(dtype, "avg_pool2d backward", [&]<typename T>() {
     dispatch_index({total, g.n * g.ho * g.wo * g.c}, [&]<typename I>() {
-      avg_pool_backward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-          geom_as<I>(g), count_include_pad, static_cast<const T*>(dy), static_cast<T*>(dx));
+      launch("avg_pool2d backward", avg_pool_backward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0, stream,
+             geom_as<I>(g), count_include_pad, static_cast<const T*>(dy), static_cast<T*>(dx));
     });
-    CUDA_CHECK_LAUNCH("avg_pool2d backward");
   });
 }
 
@@ -296,13 +292,11 @@ void adaptive_avg_pool2d_forward(int64_t n, int64_t h, int64_t w, int64_t c, int
   if (total == 0 || h <= 0 || w <= 0) return;
   dispatch_gpu_float(dtype, "adaptive_avg_pool2d", [&]<typename T>() {
     // (i + 1) * in and (hi + 1) * out are formed too.
-    dispatch_index({total, n * h * w * c, (ho + 1) * h, (wo + 1) * w, (h + 1) * ho, (w + 1) * wo},
-                   [&]<typename I>() {
-                     adaptive_avg_forward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-                         static_cast<I>(n), static_cast<I>(h), static_cast<I>(w), static_cast<I>(c),
-                         static_cast<I>(ho), static_cast<I>(wo), static_cast<const T*>(x), static_cast<T*>(y));
-                   });
-    CUDA_CHECK_LAUNCH("adaptive_avg_pool2d");
+    dispatch_index({total, n * h * w * c, (ho + 1) * h, (wo + 1) * w, (h + 1) * ho, (w + 1) * wo}, [&]<typename I>() {
+      launch("adaptive_avg_pool2d", adaptive_avg_forward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0, stream,
+             static_cast<I>(n), static_cast<I>(h), static_cast<I>(w), static_cast<I>(c), static_cast<I>(ho),
+             static_cast<I>(wo), static_cast<const T*>(x), static_cast<T*>(y));
+    });
   });
 }
 
@@ -311,13 +305,11 @@ void adaptive_avg_pool2d_backward(int64_t n, int64_t h, int64_t w, int64_t c, in
   const int64_t total = n * h * w * c;
   if (total == 0 || ho <= 0 || wo <= 0) return;
   dispatch_gpu_float(dtype, "adaptive_avg_pool2d backward", [&]<typename T>() {
-    dispatch_index({total, n * ho * wo * c, (ho + 1) * h, (wo + 1) * w, (h + 1) * ho, (w + 1) * wo},
-                   [&]<typename I>() {
-                     adaptive_avg_backward_kernel<T, I><<<grid_for(total, kBlock), kBlock, 0, stream>>>(
-                         static_cast<I>(n), static_cast<I>(h), static_cast<I>(w), static_cast<I>(c),
-                         static_cast<I>(ho), static_cast<I>(wo), static_cast<const T*>(dy), static_cast<T*>(dx));
-                   });
-    CUDA_CHECK_LAUNCH("adaptive_avg_pool2d backward");
+    dispatch_index({total, n * ho * wo * c, (ho + 1) * h, (wo + 1) * w, (h + 1) * ho, (w + 1) * wo}, [&]<typename I>() {
+      launch("adaptive_avg_pool2d backward", adaptive_avg_backward_kernel<T, I>, grid_for(total, kBlock), kBlock, 0,
+             stream, static_cast<I>(n), static_cast<I>(h), static_cast<I>(w), static_cast<I>(c), static_cast<I>(ho),
+             static_cast<I>(wo), static_cast<const T*>(dy), static_cast<T*>(dx));
+    });
   });
 }
 

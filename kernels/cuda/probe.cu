@@ -1,8 +1,7 @@
-#include <cuda_runtime.h>
-
 #include <stdexcept>
 #include <string>
 
+#include "kernels/cuda/common.cuh"
 #include "kernels/cuda/probe.h"
 
 namespace s2h::cuda {
@@ -25,8 +24,7 @@ void saxpy(int n, float a, const float* x, float* y) {
   check(cudaMalloc(&dy, bytes), "cudaMalloc");
   check(cudaMemcpy(dx, x, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
   check(cudaMemcpy(dy, y, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
-  saxpy_kernel<<<(n + 255) / 256, 256>>>(n, a, dx, dy);
-  check(cudaGetLastError(), "saxpy launch");
+  launch("saxpy", saxpy_kernel, (n + 255) / 256, 256, 0, nullptr, n, a, dx, dy);
   check(cudaMemcpy(y, dy, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy");
   cudaFree(dx);
   cudaFree(dy);

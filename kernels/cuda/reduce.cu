@@ -54,7 +54,7 @@ __global__ void sum_rows_kernel(const TI* x, TO* out, int64_t rows, int64_t mid)
 // out[(o * splits + z) * inner + i] (splits == 1: out[o * inner + i]).
 template <class TI, class TO>
 __global__ void sum_tile_kernel(const TI* x, TO* out, int64_t outer, int64_t mid, int64_t inner, int64_t chunk) {
-  __shared__ float sh[kBlock];
+  S2H_SHARED(float, sh, [kBlock]);
   const int tx = threadIdx.x, ty = threadIdx.y, bx = blockDim.x, by = blockDim.y;
   const int64_t i = blockIdx.x * static_cast<int64_t>(bx) + tx;
   const int64_t m0 = blockIdx.z * chunk;
@@ -115,15 +115,15 @@ void launch_pass(const Pass& p, const TI* x, TO* out, int64_t outer, int64_t mid
   if (p.rows) {
     const int64_t warps = kBlock / 32;
     const int64_t blocks = std::min<int64_t>((outer + warps - 1) / warps, 65535LL * 16);
-    sum_rows_kernel<TI, TO><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(x, out, outer, mid);
+    launch("sum_middle", sum_rows_kernel<TI, TO>, static_cast<unsigned>(blocks), kBlock, 0, stream, x, out, outer, mid);
   } else {
     const int64_t gx = (inner + p.bx - 1) / p.bx;
     if (gx > 0x7fffffffLL) throw CudaError("sum: inner size " + std::to_string(inner) + " is too large for CUDA");
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(std::min(outer, kMaxGridY)),
                     static_cast<unsigned>(p.splits));
-    sum_tile_kernel<TI, TO><<<grid, dim3(p.bx, p.by), 0, stream>>>(x, out, outer, mid, inner, p.chunk);
+    launch("sum_middle", sum_tile_kernel<TI, TO>, grid, dim3(p.bx, p.by), 0, stream, x, out, outer, mid, inner,
+           p.chunk);
   }
-  CUDA_CHECK_LAUNCH("sum_middle");
 }
 
 // ------------------------------------------------------------------ argmax kernels
@@ -225,11 +225,12 @@ void argmax_middle(const void* x, DType dtype, int64_t* out, int64_t outer, int6
     if (inner == 1) {
       const int64_t warps = kBlock / 32;
       const int64_t blocks = std::min<int64_t>((outer + warps - 1) / warps, 65535LL * 16);
-      argmax_rows_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(xt, out, outer, mid);
+      launch("argmax_middle", argmax_rows_kernel<T>, static_cast<unsigned>(blocks), kBlock, 0, stream, xt, out, outer,
+             mid);
     } else {
-      argmax_cols_kernel<T><<<grid_for(outer * inner), kBlock, 0, stream>>>(xt, out, outer, mid, inner);
+      launch("argmax_middle", argmax_cols_kernel<T>, grid_for(outer * inner), kBlock, 0, stream, xt, out, outer, mid,
+             inner);
     }
-    CUDA_CHECK_LAUNCH("argmax_middle");
   });
 }
 

@@ -19,6 +19,7 @@ void throw_error(const std::string& call, const std::string& message, const char
 }
 
 bool compiled() { return true; }
+bool emulated() { return false; }
 
 int device_count(std::string* why) {
   int n = 0;

@@ -24,6 +24,9 @@ class CudaError : public std::runtime_error {
 
 // True if the CUDA backend was compiled into this build.
 bool compiled();
+// True if its device is the emulator (kernels/cuda/emu): the kernels run on
+// the CPU, one thread at a time, and the device's memory is host memory.
+bool emulated();
 // Number of usable GPUs; 0 (with the reason in *why) when none can be used,
 // e.g. "CUDA driver version is insufficient for CUDA runtime version".
 int device_count(std::string* why = nullptr);

@@ -10,6 +10,7 @@ namespace {
 }  // namespace
 
 bool compiled() { return false; }
+bool emulated() { return false; }
 int device_count(std::string* why) {
   if (why) *why = "this build has no CUDA backend";
   return 0;

@@ -112,7 +112,8 @@ unsigned row_grid(int64_t rows, int warps_per_row) {
 template <class T, bool kLog, int kWarps>
 __global__ void __launch_bounds__(kBlock)
     softmax_forward_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t rows, int64_t c) {
-  __shared__ float sh_m[kWarps], sh_s[kWarps];
+  S2H_SHARED(float, sh_m, [kWarps]);
+  S2H_SHARED(float, sh_s, [kWarps]);
   const RowGroup<kWarps> grp;
   for (int64_t r = grp.first; r < rows; r += grp.step) {
     const T* xr = x + r * c;
@@ -135,7 +136,7 @@ template <class T, bool kLog, int kWarps>
 __global__ void __launch_bounds__(kBlock)
     softmax_backward_kernel(const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, int64_t rows,
                             int64_t c) {
-  __shared__ float sh[kWarps];
+  S2H_SHARED(float, sh, [kWarps]);
   const RowGroup<kWarps> grp;
   for (int64_t r = grp.first; r < rows; r += grp.step) {
     const T* yr = y + r * c;
@@ -159,7 +160,9 @@ __global__ void __launch_bounds__(kBlock)
     cross_entropy_forward_kernel(const float* __restrict__ x, const int64_t* __restrict__ target, int64_t n,
                                  int64_t c, float smoothing, float* __restrict__ lse_out,
                                  float* __restrict__ row_loss) {
-  __shared__ float sh_m[kWarps], sh_s[kWarps], sh_x[kWarps];
+  S2H_SHARED(float, sh_m, [kWarps]);
+  S2H_SHARED(float, sh_s, [kWarps]);
+  S2H_SHARED(float, sh_x, [kWarps]);
   const RowGroup<kWarps> grp;
   for (int64_t r = grp.first; r < n; r += grp.step) {
     const float* xr = x + r * c;
@@ -191,7 +194,7 @@ __global__ void __launch_bounds__(kBlock)
 // out[0] = sum(part[0..count)) / divisor, in one block of kFinishThreads, fp64, fixed order.
 __global__ void __launch_bounds__(kFinishThreads)
     sum_finish_kernel(const float* __restrict__ part, int64_t count, double divisor, float* __restrict__ out) {
-  __shared__ double sh[kFinishThreads / 32];
+  S2H_SHARED(double, sh, [kFinishThreads / 32]);
   double acc = 0;
   for (int64_t i = threadIdx.x; i < count; i += kFinishThreads) acc += part[i];
   acc = warp_sum(acc);
@@ -231,7 +234,7 @@ __device__ __forceinline__ float kl_term(float q, float p, bool log_target) {
 __global__ void __launch_bounds__(kBlock)
     kl_div_partial_kernel(const float* __restrict__ q, const float* __restrict__ p, int64_t total, bool log_target,
                           float* __restrict__ part) {
-  __shared__ float sh[kBlock / 32];
+  S2H_SHARED(float, sh, [kBlock / 32]);
   float acc = 0.f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -296,19 +299,19 @@ void softmax_forward(const void* x, void* y, DType dtype, int64_t rows, int64_t 
   dispatch_gpu_float(dtype, name, [&]<typename T>() {
     const T* xp = static_cast<const T*>(x);
     T* yp = static_cast<T*>(y);
-    const auto launch = [&]<bool kLog>() {
+    const auto run = [&]<bool kLog>() {
       if (c <= kWarpRowMax) {
-        softmax_forward_kernel<T, kLog, 1><<<row_grid(rows, 1), kBlock, 0, stream>>>(xp, yp, rows, c);
+        launch(name, softmax_forward_kernel<T, kLog, 1>, row_grid(rows, 1), kBlock, 0, stream, xp, yp, rows, c);
       } else {
-        softmax_forward_kernel<T, kLog, kRowWarps><<<row_grid(rows, kRowWarps), kBlock, 0, stream>>>(xp, yp, rows, c);
+        launch(name, softmax_forward_kernel<T, kLog, kRowWarps>, row_grid(rows, kRowWarps), kBlock, 0, stream, xp, yp,
+               rows, c);
       }
     };
     if (log) {
-      launch.template operator()<true>();
+      run.template operator()<true>();
     } else {
-      launch.template operator()<false>();
+      run.template operator()<false>();
     }
-    CUDA_CHECK_LAUNCH(name);
   });
 }
 
@@ -320,20 +323,19 @@ void softmax_backward(const void* y, const void* dy, void* dx, DType dtype, int6
     const T* yp = static_cast<const T*>(y);
     const T* gp = static_cast<const T*>(dy);
     T* dp = static_cast<T*>(dx);
-    const auto launch = [&]<bool kLog>() {
+    const auto run = [&]<bool kLog>() {
       if (c <= kWarpRowMax) {
-        softmax_backward_kernel<T, kLog, 1><<<row_grid(rows, 1), kBlock, 0, stream>>>(yp, gp, dp, rows, c);
+        launch(name, softmax_backward_kernel<T, kLog, 1>, row_grid(rows, 1), kBlock, 0, stream, yp, gp, dp, rows, c);
       } else {
-        softmax_backward_kernel<T, kLog, kRowWarps><<<row_grid(rows, kRowWarps), kBlock, 0, stream>>>(yp, gp, dp,
-                                                                                                     rows, c);
+        launch(name, softmax_backward_kernel<T, kLog, kRowWarps>, row_grid(rows, kRowWarps), kBlock, 0, stream, yp, gp,
+               dp, rows, c);
       }
     };
     if (log) {
-      launch.template operator()<true>();
+      run.template operator()<true>();
     } else {
-      launch.template operator()<false>();
+      run.template operator()<false>();
     }
-    CUDA_CHECK_LAUNCH(name);
   });
 }
 
@@ -344,22 +346,21 @@ void cross_entropy_forward(const float* logits, const int64_t* target, int64_t n
   if (n <= 0 || c <= 0) return;
   const float s = static_cast<float>(label_smoothing);
   if (c <= kWarpRowMax) {
-    cross_entropy_forward_kernel<1><<<row_grid(n, 1), kBlock, 0, stream>>>(logits, target, n, c, s, lse, scratch);
+    launch("cross_entropy", cross_entropy_forward_kernel<1>, row_grid(n, 1), kBlock, 0, stream, logits, target, n, c, s,
+           lse, scratch);
   } else {
-    cross_entropy_forward_kernel<kRowWarps><<<row_grid(n, kRowWarps), kBlock, 0, stream>>>(logits, target, n, c, s,
-                                                                                          lse, scratch);
+    launch("cross_entropy", cross_entropy_forward_kernel<kRowWarps>, row_grid(n, kRowWarps), kBlock, 0, stream, logits,
+           target, n, c, s, lse, scratch);
   }
-  CUDA_CHECK_LAUNCH("cross_entropy");
-  sum_finish_kernel<<<1, kFinishThreads, 0, stream>>>(scratch, n, static_cast<double>(n), loss);
-  CUDA_CHECK_LAUNCH("cross_entropy (mean)");
+  launch("cross_entropy (mean)", sum_finish_kernel, 1, kFinishThreads, 0, stream, scratch, n, static_cast<double>(n),
+         loss);
 }
 
 void cross_entropy_backward(const float* logits, const int64_t* target, const float* lse, const float* grad,
                             int64_t n, int64_t c, double label_smoothing, float* dlogits, Stream stream) {
   if (n <= 0 || c <= 0) return;
-  cross_entropy_backward_kernel<<<grid_for(n * c, kBlock), kBlock, 0, stream>>>(
-      logits, target, lse, grad, n, c, static_cast<float>(label_smoothing), dlogits);
-  CUDA_CHECK_LAUNCH("cross_entropy backward");
+  launch("cross_entropy backward", cross_entropy_backward_kernel, grid_for(n * c, kBlock), kBlock, 0, stream, logits,
+         target, lse, grad, n, c, static_cast<float>(label_smoothing), dlogits);
 }
 
 int64_t kl_div_scratch_floats(int64_t total) { return kl_blocks(total); }
@@ -368,28 +369,25 @@ void kl_div_forward(const float* input, const float* target, int64_t total, int6
                     float* loss, float* scratch, Stream stream) {
   const int64_t blocks = kl_blocks(total);
   // Runs even for total == 0 (the partial is 0), so *loss is always written.
-  kl_div_partial_kernel<<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(input, target, total, log_target,
-                                                                              scratch);
-  CUDA_CHECK_LAUNCH("kl_div");
-  sum_finish_kernel<<<1, kFinishThreads, 0, stream>>>(scratch, blocks, static_cast<double>(batch), loss);
-  CUDA_CHECK_LAUNCH("kl_div (sum)");
+  launch("kl_div", kl_div_partial_kernel, static_cast<unsigned>(blocks), kBlock, 0, stream, input, target, total,
+         log_target, scratch);
+  launch("kl_div (sum)", sum_finish_kernel, 1, kFinishThreads, 0, stream, scratch, blocks, static_cast<double>(batch),
+         loss);
 }
 
 void kl_div_backward(const float* input, const float* target, const float* grad, int64_t total, int64_t batch,
                      bool log_target, float* dinput, float* dtarget, Stream stream) {
   if (total <= 0 || (!dinput && !dtarget)) return;
-  kl_div_backward_kernel<<<grid_for(total, kBlock), kBlock, 0, stream>>>(input, target, grad, total, batch,
-                                                                         log_target, dinput, dtarget);
-  CUDA_CHECK_LAUNCH("kl_div backward");
+  launch("kl_div backward", kl_div_backward_kernel, grid_for(total, kBlock), kBlock, 0, stream, input, target, grad,
+         total, batch, log_target, dinput, dtarget);
 }
 
 void dropout(const void* x, void* y, DType dtype, int64_t n, double p, uint64_t seed, Stream stream) {
   if (n <= 0) return;
   const float keep_scale = p < 1.0 ? static_cast<float>(1.0 / (1.0 - p)) : 0.f;
   dispatch_gpu_float(dtype, "dropout", [&]<typename T>() {
-    dropout_kernel<T><<<grid_for(n, kBlock), kBlock, 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(y), n,
-                                                                  static_cast<float>(p), keep_scale, seed);
-    CUDA_CHECK_LAUNCH("dropout");
+    launch("dropout", dropout_kernel<T>, grid_for(n, kBlock), kBlock, 0, stream, static_cast<const T*>(x),
+           static_cast<T*>(y), n, static_cast<float>(p), keep_scale, seed);
   });
 }
 
