@@ -1,47 +1,51 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call on a GPU machine (H100/H200, sm_90), from a
-# bundle made elsewhere by benchmarks/make_gpu_bundle.sh. Two suites of stages:
+# The GPU check in one short call on a GPU machine (H100/H200, sm_90), from a
+# bundle made elsewhere by benchmarks/make_gpu_bundle.sh. A GPU window is 15
+# minutes of device time in all, start-up included, so the default call takes
+# at most 7 minutes (a fix and a rerun fit), essentials first; the rest is a
+# second, optional call.
 #
-# fused (the default; issue 6, the handwritten fused kernels):
-#   env         nvidia-smi, the device, library resolution of every binary (ldd -r)
-#   fused       tests: test_fused_ops (CPU gradchecks; CUDA fused vs library vs f64 on a grid of shapes)
-#   torchattn   benchmarks/torch_attention.py: PyTorch SDPA, flash backend, the attention baseline
-#   kbench      kernel_bench (4 runs: peak+masked, hard, dual, attention), then gpu_results.py writes
-#               results/{masked_conv_resnet50_3x3,masked_conv_resnet50_1x1,hard_conv_resnet50,
-#               dual_conv_resnet50,attention_hd64,attention_hd128}.json
-#   s2hstep     bench_train_step --s2h --kernels fused vs --kernels library (ResNet-50 64x64, batch 256,
-#               bf16) -> results/s2h_step_resnet50.json
-#   fmemcheck   compute-sanitizer memcheck on test_fused_ops' CUDA tests (a quick subset, then the rest)
-#   fracecheck  compute-sanitizer racecheck on a small subset of them
-# backend (issue 5, the CUDA backend):
-#   env, probe (test_cuda_probe), runtime (test_cuda_runtime), ops (test_ops_device: every op,
-#   cpu_fp32 / cuda_fp32 / cuda_tf32 / cuda_bf16), memcheck (compute-sanitizer on a subset of the op
-#   tests), gemm (bench_gemm_peak: cuBLAS bf16 GEMM 8192^3), resnet50 (ResNet-50 training step, 64x64,
-#   batch 256, 200 classes, bf16: s2h vs PyTorch eager, benchmarks/compare_train_step.py), train (s2h
-#   train --device cuda --precision bf16 --model resnet56 --data cifar10-jpeg, 2 epochs)
-# Each suite fits one device call (10 minutes); --suite all runs both in that order and the budget
-# skips what does not fit.
+# quick (the default; stage limits add up to 400 s of the 405 s budget):
+#   env        nvidia-smi, the driver and the CUDA runtime of the bundle, libraries (ldd -r), and one kernel
+#              run (test_cuda_probe). FAILS without a usable GPU or with a driver older than the runtime.
+#   ops        test_ops_device, every op in cuda_fp32 and cuda_bf16 against the f64 CPU reference
+#   fused      test_fused_ops: the fused kernels against the library path and the f64 reference
+#   memcheck   compute-sanitizer memcheck on a quick subset (ops with hand-written kernels in bf16, and
+#              the fused tests that reach every fused kernel)
+#   torchattn  benchmarks/torch_attention.py: PyTorch SDPA flash, the attention baseline of kbench
+#   resnet50   the dense ResNet-50 training step (64x64, batch 256, bf16): s2h vs PyTorch eager
+#   s2hstep    the S2HPruner step (same network) with the fused kernels vs library kernels only
+#   kbench     kernel_bench rows for masked, hard and dual conv and attention, then gpu_results.py
+#              writes results/{masked_conv_resnet50_3x3,masked_conv_resnet50_1x1,hard_conv_resnet50,
+#              dual_conv_resnet50,attention_hd64,attention_hd128}.json
+# extra (--suite extra, a second call of at most 10 minutes; stage limits 570 s of a 580 s budget):
+#   env, probe, runtime (test_cuda_runtime), opstf32 (test_ops_device in cuda_tf32), memlib (memcheck on
+#   the GEMM/conv ops and the other fused tests), fracecheck (racecheck on small fused cases), gemm
+#   (bench_gemm_peak: cuBLAS bf16 and tf32 8192^3), train (s2h train --device cuda --precision bf16,
+#   ResNet-56 on CIFAR-10 for 2 epochs)
+# --suite all runs quick then extra (two calls' worth: the budget skips what does not fit).
 #
-# Every stage runs even when an earlier one failed, under its own timeout and
-# a total time budget, and the summary table is printed last. Results go to
+# Every stage runs even when an earlier one failed, under its own limit and
+# the total budget, and the summary table is printed last. Results go to
 # $OUT (the device tool's folder; ./build-gpu-check elsewhere): summary.txt,
 # gpu_check.log (everything) and results/ (+ run/ for the train stage). The
 # device tool brings back at most 8 files: when there are more, results/ and
 # run/ are packed into results.tar.gz beside summary.txt and gpu_check.log.
 # Copy results/ into benchmarks/results/ (run/ into benchmarks/results/runs/<name>/).
 #
-#   bash benchmarks/gpu_check.sh [--suite fused|backend|all] [--bundle DIR] [--budget SECONDS]
+#   bash benchmarks/gpu_check.sh [--suite quick|extra|all] [--bundle DIR] [--budget SECONDS]
 #                                [--only a,b] [--skip a,b] [--dry-run]
 #
-#   --suite S     fused (default), backend, or all; --only overrides it
+#   --suite S     quick (default), extra, or all; --only overrides it
 #   --bundle DIR  default build-gpu-bundle
-#   --budget S    total seconds for all stages (default 530: a device call allows 600)
+#   --budget S    total seconds for all stages (default 405 for quick, 580 otherwise)
 #   --only/--skip stage names, comma-separated
 #   --dry-run     here, without a GPU: check that the bundle is complete and
-#                 its libraries resolve, then print what would run
-# Environment: S2H_FMEMCHECK_QUICK, S2H_RACECHECK_FILTER (gtest filters of the sanitizer stages).
+#                 its libraries resolve, then print what would run and the planned budgets
+# Environment: S2H_FMEMCHECK_QUICK, S2H_RACECHECK_FILTER (gtest filters of the sanitizer stages),
+# KBENCH_ALL=1 (kernel_bench's full plan in the kbench stage instead of the quick rows).
 #
-# The device tool's call: command "bash benchmarks/gpu_check.sh", carry ["build-gpu-bundle"].
+# The device tool's call: command "bash benchmarks/gpu_check.sh", carry ["build-gpu-bundle"], timeout 420.
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,32 +64,34 @@ if [[ ${1:-} == --source-checksum ]]; then
 fi
 
 BUNDLE=$REPO/build-gpu-bundle
-BUDGET=530
+BUDGET=""
 DRY=0
 ONLY=""
+ONLY_GIVEN=""
 SKIP=""
-SUITE=fused
+SUITE=quick
 while [[ $# -gt 0 ]]; do
   case $1 in
     --suite) SUITE=$2; shift 2 ;;
     --bundle) BUNDLE=$(realpath -m "$2"); shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
-    --only) ONLY=$2; shift 2 ;;
+    --only) ONLY=$2; ONLY_GIVEN=1; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,44p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,46p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-SUITE_FUSED="env,fused,torchattn,kbench,s2hstep,fmemcheck,fracecheck"
-SUITE_BACKEND="env,probe,runtime,ops,memcheck,gemm,resnet50,train"
+SUITE_QUICK="env,ops,fused,memcheck,torchattn,resnet50,s2hstep,kbench"
+SUITE_EXTRA="env,probe,runtime,opstf32,memlib,fracecheck,gemm,train"
 case $SUITE in
-  fused) SUITE_STAGES=$SUITE_FUSED ;;
-  backend) SUITE_STAGES=$SUITE_BACKEND ;;
-  all) SUITE_STAGES="$SUITE_BACKEND,$SUITE_FUSED" ;;
-  *) echo "gpu_check: --suite $SUITE: expected fused, backend or all" >&2; exit 2 ;;
+  quick) SUITE_STAGES=$SUITE_QUICK ;;
+  extra) SUITE_STAGES=$SUITE_EXTRA ;;
+  all) SUITE_STAGES="$SUITE_QUICK,$SUITE_EXTRA" ;;
+  *) echo "gpu_check: --suite $SUITE: expected quick, extra or all" >&2; exit 2 ;;
 esac
 [[ -n $ONLY ]] || ONLY=$SUITE_STAGES
+[[ -n $BUDGET ]] || BUDGET=$([[ $SUITE == quick ]] && echo 405 || echo 580)
 
 T_START=$(date +%s)
 OUTDIR=${OUT:-$REPO/build-gpu-check}
@@ -186,7 +192,7 @@ run_bin() { LD_LIBRARY_PATH=$LIBPATH "$@"; }
 
 # ------------------------------------------------------------------ stages
 declare -A STATUS=() SECS=() NOTE=()
-ORDER=(env probe runtime ops memcheck gemm resnet50 train fused torchattn kbench s2hstep fmemcheck fracecheck)
+ORDER=(env ops fused memcheck torchattn resnet50 s2hstep kbench probe runtime opstf32 memlib fracecheck gemm train)
 wanted() {
   [[ -n $ONLY && ,$ONLY, != *,$1,* ]] && return 1
   [[ -n $SKIP && ,$SKIP, == *,$1,* ]] && return 1
@@ -230,8 +236,30 @@ X() {
 
 st_env() {
   local bad=0 t
-  X nvidia-smi || bad=1
+  if ! X nvidia-smi; then
+    echo "FAIL: nvidia-smi sees no GPU (a GPU check without a GPU is a failure, not a skip)"
+    bad=1
+  fi
   X nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+  # The driver must support the CUDA runtime the bundle was built with.
+  local need have
+  need=$(sed -n 's/^cuda_runtime: //p' "$BUNDLE/MANIFEST.txt")
+  if [[ ${DRY_RUN:-0} == 1 ]]; then
+    echo "   would check: the driver's CUDA version (nvidia-smi) >= ${need:-?} (the bundle's CUDA runtime)"
+  else
+    have=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9.]*\).*/\1/p' | head -1)
+    if [[ -z $need ]]; then
+      echo "   WARNING: the bundle's MANIFEST has no cuda_runtime line (an older bundle): version not checked"
+    elif [[ -z $have ]]; then
+      echo "FAIL: the driver's CUDA version is unknown (nvidia-smi printed none); the bundle needs CUDA $need"
+      bad=1
+    elif [[ $(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1) != "$need" ]]; then
+      echo "FAIL: the driver supports CUDA $have, older than the bundle's CUDA runtime $need"
+      bad=1
+    else
+      echo "   driver CUDA $have >= bundle runtime $need"
+    fi
+  fi
   X "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn',
     torch.backends.cudnn.version(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
   for t in "$B"/*; do
@@ -247,39 +275,81 @@ st_env() {
       echo "   $(basename "$t"): libraries resolve ($libs)"
     fi
   done
+  # One kernel must actually run: test_cuda_probe skips (passes) without a usable device, so a skip fails here.
+  local probe
+  if [[ ${DRY_RUN:-0} == 1 ]]; then
+    X run_bin "$B/test_cuda_probe" --gtest_color=no
+  else
+    probe=$(run_bin "$B/test_cuda_probe" --gtest_color=no 2>&1)
+    echo "$probe"
+    if grep -q "SKIPPED\|FAILED" <<<"$probe" || ! grep -q "PASSED" <<<"$probe"; then
+      echo "FAIL: no kernel ran on the GPU (test_cuda_probe skipped or failed)"
+      bad=1
+    fi
+  fi
   return $bad
 }
 st_probe() { X run_bin "$B/test_cuda_probe" --gtest_color=no; }
 st_runtime() { X run_bin "$B/test_cuda_runtime" --gtest_color=no; }
-st_ops() { X run_bin "$B/test_ops_device" --gtest_color=no; }
-# memcheck in two runs, so that slow instrumentation of the big cuBLAS/cuDNN
-# modules cannot cost the result of the hand-written kernels: (1) every op
-# with hand-written kernels, (2) the GEMM / convolution ops. cuda_fp32 and
-# cuda_bf16 cover every kernel (cuda_tf32 runs the fp32 ones again).
+st_ops() { X run_bin "$B/test_ops_device" --gtest_color=no "--gtest_filter=*/cuda_fp32:*/cuda_bf16"; }
+st_opstf32() { X run_bin "$B/test_ops_device" --gtest_color=no "--gtest_filter=*/cuda_tf32"; }
+# Ops whose CUDA path runs hand-written kernels, and those that call cuBLAS / cuDNN.
 MEMCHECK_OWN="Add Sub Mul Div ScalarOps MathFunctions Activations StridedInputs Sum Mean SumTo Argmax ShapeOps
 Concat IndexSelect DtypeCast MaxPool2d AvgPool2d AdaptiveAvgPool2d BatchNormTrain BatchNormEval BatchNormModule
 LayerNorm Softmax LogSoftmax CrossEntropy KlDiv Dropout SGD AdamW"
 MEMCHECK_LIB="Matmul Bmm Linear Conv2d PrecisionPolicy"
-gtest_filter_of() {  # names -> Backends/OpsDevice.NAME/cuda_fp32:...cuda_bf16
+# The quick memcheck: one op per hand-written kernel family, bf16 (the fp32 kernels are the same templates).
+MEMCHECK_QUICK="Add Activations Sum Argmax Concat IndexSelect MaxPool2d AvgPool2d AdaptiveAvgPool2d BatchNormTrain
+LayerNorm CrossEntropy KlDiv Dropout SGD AdamW"
+gtest_filter_of() {  # "names" "cases" -> Backends/OpsDevice.NAME/CASE:...
   local f="" n c
-  for n in $1; do for c in cuda_fp32 cuda_bf16; do f+="${f:+:}Backends/OpsDevice.$n/$c"; done; done
+  for n in $1; do for c in $2; do f+="${f:+:}Backends/OpsDevice.$n/$c"; done; done
   echo "$f"
 }
-st_memcheck() {
-  local cs rc1 rc2
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  local t1=$((STAGE_LIMIT * 55 / 100)) t2=$((STAGE_LIMIT * 45 / 100 - 5))
-  echo "-- memcheck 1/2: ops with hand-written kernels (timeout ${t1}s)"
-  X run_bin timeout "$t1" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
-    "$B/test_ops_device" --gtest_color=no "--gtest_filter=$(gtest_filter_of "$MEMCHECK_OWN")"
+sanitizer() { command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer; }
+# memcheck BINARY FILTER SECONDS: compute-sanitizer memcheck (exit 99 on memory errors).
+memcheck() {
+  X run_bin timeout "$3" "$(sanitizer)" --tool memcheck --error-exitcode 99 --print-limit 20 \
+    "$B/$1" --gtest_color=no "--gtest_filter=$2"
+}
+# The sanitizers slow the GPU work (the library path of each fused check runs cuDNN too), so the quick
+# memcheck takes a subset that still reaches every hand-written kernel: the ops above in bf16, and the fused
+# tests that run forward, dgrad and wgrad with scales on an odd stride-2 shape, a bf16 weight, the dual
+# kernel's vector loaders, attention forward and backward with a head scale and a skipped head.
+FMEMCHECK_QUICK=${S2H_FMEMCHECK_QUICK:-"FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.MaskedConvSoftOutScaleOnlyBf16Weight:FusedOpsCuda.SkippedHeadIsExactlyZero:FusedOpsCuda.FallbacksMatchTheLibraryPath:FusedOpsCuda.Racecheck*"}
+RACECHECK_FILTER=${S2H_RACECHECK_FILTER:-"FusedOpsCuda.Racecheck*:FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.SkippedHeadIsExactlyZero"}
+# memcheck_two WHAT1 BINARY1 FILTER1 PERCENT WHAT2 BINARY2 FILTER2: two memcheck runs sharing the stage,
+# the first with PERCENT of it.
+memcheck_two() {
+  local t1=$((STAGE_LIMIT * $4 / 100)) t2=$((STAGE_LIMIT * (100 - $4) / 100 - 5)) rc1 rc2
+  echo "-- memcheck 1/2: $1 (timeout ${t1}s)"
+  memcheck "$2" "$3" "$t1"
   rc1=$?
-  echo "-- memcheck 2/2: GEMM and convolution ops (cuBLAS, cuDNN) (timeout ${t2}s)"
-  X run_bin timeout "$t2" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
-    "$B/test_ops_device" --gtest_color=no "--gtest_filter=$(gtest_filter_of "$MEMCHECK_LIB")"
+  echo "-- memcheck 2/2: $5 (timeout ${t2}s)"
+  memcheck "$6" "$7" "$t2"
   rc2=$?
-  echo "-- memcheck exit codes: $rc1 (own kernels), $rc2 (libraries)"
-  echo "   (99: memory errors, 1: test failures, 124: timeout)"
+  echo "-- memcheck exit codes: $rc1, $rc2 (99: memory errors, 1: test failures, 124: timeout)"
   ((rc1 == 0 && rc2 == 0))
+}
+st_memcheck() {
+  memcheck_two "ops with hand-written kernels, cuda_bf16" test_ops_device \
+    "$(gtest_filter_of "$MEMCHECK_QUICK" cuda_bf16)" 40 "fused kernels, quick subset" test_fused_ops "$FMEMCHECK_QUICK"
+}
+# The rest of memcheck (extra): every op in cuda_fp32 and cuda_bf16 (hand-written and cuBLAS / cuDNN), then
+# the other fused tests.
+st_memlib() {
+  memcheck_two "every op, cuda_fp32 and cuda_bf16" test_ops_device \
+    "$(gtest_filter_of "$MEMCHECK_OWN $MEMCHECK_LIB" "cuda_fp32 cuda_bf16")" 45 "the other fused tests" \
+    test_fused_ops "FusedOpsCuda.*-$FMEMCHECK_QUICK"
+}
+st_fracecheck() {
+  local rc
+  echo "-- fused racecheck (shared-memory hazards): $RACECHECK_FILTER"
+  X run_bin timeout $((STAGE_LIMIT - 5)) "$(sanitizer)" --tool racecheck --error-exitcode 99 --print-limit 20 \
+    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=$RACECHECK_FILTER"
+  rc=$?
+  echo "-- fused racecheck exit code: $rc (99: hazards, 1: test failures, 124: timeout)"
+  return $rc
 }
 st_gemm() {
   local rc
@@ -290,24 +360,20 @@ st_gemm() {
   return $rc
 }
 st_resnet50() {
-  # 2 rounds of 2 processes; each gets a quarter of the stage, so that the results are always written.
-  local per=$(((STAGE_LIMIT - 10) / 4))
+  # One round of the two processes (s2h, then PyTorch), each with half the stage (minus the writing).
+  local per=$(((STAGE_LIMIT - 6) / 2)) peak=()
+  [[ -s $OUTDIR/results/gpu_gemm_peak.log ]] && peak=(--gemm-peak "$OUTDIR/results/gpu_gemm_peak.log")
   X "$PY" "$REPO/benchmarks/compare_train_step.py" --device cuda --precision bf16 --model resnet50 --batch 256 \
-    --image-size 64 --in-channels 3 --classes 200 --rounds 2 --steps 15 --warmup 5 --threads 16 \
-    --bin "$B/bench_train_step" --ld-library-path "$LIBPATH" --gemm-peak "$OUTDIR/results/gpu_gemm_peak.log" \
+    --image-size 64 --in-channels 3 --classes 200 --rounds 1 --steps 10 --warmup 3 --threads 16 \
+    --bin "$B/bench_train_step" --ld-library-path "$LIBPATH" "${peak[@]}" \
     --results-dir "$OUTDIR/results" --timeout "$per"
 }
 st_train() {
   X mkdir -p "$WORK/data"
   X tar -C "$WORK/data" -xzf "$BUNDLE/cifar-10-jpeg.tar.gz"
   local flags=(train --device cuda --model resnet56 --data cifar10-jpeg --data-root "$WORK/data/cifar-10-jpeg"
-               --epochs 2 --lr 0.1 --batch-size 128 --workers 8 --threads 8 --seed 0 --quiet --out "$WORK/run-resnet56")
-  # --precision arrives with the CUDA backend; without it the run is fp32 (and says so).
-  if [[ ${DRY_RUN:-0} == 1 ]] || run_bin "$B/s2h" train --help 2>/dev/null | grep -q -- '--precision'; then
-    flags+=(--precision bf16)
-  else
-    echo "   NOTE: this s2h has no --precision flag: the run uses its default precision"
-  fi
+               --epochs 2 --lr 0.1 --batch-size 128 --workers 8 --threads 8 --seed 0 --quiet --out "$WORK/run-resnet56"
+               --precision bf16)
   local t0 rc
   t0=$(date +%s)
   # An inner timeout leaves time to summarise what the run wrote, also when it is cut short.
@@ -320,44 +386,7 @@ st_train() {
     "$OUTDIR/results/gpu_train_resnet56_cifar10_bf16.json" "$secs" "$rc"
   return $rc
 }
-
-# ---- issue 6: the fused kernels
-st_fused() { X run_bin "$B/test_fused_ops" --gtest_color=no; }
-# The sanitizers slow the GPU work (the library path of each check runs cuDNN
-# too), so memcheck first runs a quick subset that reaches every fused kernel
-# (forward, dgrad, wgrad with scales on an odd stride-2 shape, a bf16 weight,
-# attention forward and backward with a head scale and a skipped head), then
-# every other CUDA test in the time left; racecheck runs the quick kind only.
-# FusedOpsCuda.Racecheck* names tests written for the sanitizers (small shapes), if any.
-FMEMCHECK_QUICK=${S2H_FMEMCHECK_QUICK:-"FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.MaskedConvSoftOutScaleOnlyBf16Weight:FusedOpsCuda.SkippedHeadIsExactlyZero:FusedOpsCuda.FallbacksMatchTheLibraryPath:FusedOpsCuda.Racecheck*"}
-RACECHECK_FILTER=${S2H_RACECHECK_FILTER:-"FusedOpsCuda.Racecheck*:FusedOpsCuda.MaskedConvOnlySomeGradients:FusedOpsCuda.SkippedHeadIsExactlyZero"}
-sanitizer() { command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer; }
-st_fmemcheck() {
-  local cs rc1 rc2
-  cs=$(sanitizer)
-  local t1=$((STAGE_LIMIT * 45 / 100)) t2=$((STAGE_LIMIT * 55 / 100 - 5))
-  echo "-- fused memcheck 1/2: quick subset $FMEMCHECK_QUICK (timeout ${t1}s)"
-  X run_bin timeout "$t1" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
-    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=$FMEMCHECK_QUICK"
-  rc1=$?
-  echo "-- fused memcheck 2/2: the other CUDA tests (timeout ${t2}s)"
-  X run_bin timeout "$t2" "$cs" --tool memcheck --error-exitcode 99 --print-limit 20 \
-    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=FusedOpsCuda.*-$FMEMCHECK_QUICK"
-  rc2=$?
-  echo "-- fused memcheck exit codes: $rc1 (quick subset), $rc2 (the rest)"
-  echo "   (99: memory errors, 1: test failures, 124: timeout)"
-  ((rc1 == 0 && rc2 == 0))
-}
-st_fracecheck() {
-  local cs rc
-  cs=$(sanitizer)
-  echo "-- fused racecheck (shared-memory hazards): $RACECHECK_FILTER"
-  X run_bin timeout $((STAGE_LIMIT - 5)) "$cs" --tool racecheck --error-exitcode 99 --print-limit 20 \
-    "$B/test_fused_ops" --gtest_color=no "--gtest_filter=$RACECHECK_FILTER"
-  rc=$?
-  echo "-- fused racecheck exit code: $rc (99: hazards, 1: test failures, 124: timeout)"
-  return $rc
-}
+st_fused() { X run_bin "$B/test_fused_ops" --gtest_color=no "--gtest_filter=FusedOpsCuda.*"; }
 st_torchattn() {
   export PYTHONUNBUFFERED=1
   [[ ${DRY_RUN:-0} == 1 ]] || rm -f "$OUTDIR/results/torch_attention.json"
@@ -365,18 +394,27 @@ st_torchattn() {
 }
 # kernel_bench in four processes (each measures the peak first), so that a
 # crash or a timeout in one section costs only that section; each writes its
-# JSON after every row. Then gpu_results.py turns the rows into the results files.
+# JSON after every row. The quick rows: two 3x3 layers (one strided) and two
+# 1x1 layers of ResNet-50, hard and dual at 35% of the FLOPs, attention at
+# sequence lengths 512 and 2048, 10 timed repetitions (the median) after 2
+# warm-up calls. KBENCH_ALL=1 runs kernel_bench's full default plan instead.
+# Then gpu_results.py turns the rows into the results files.
+KBENCH_SHAPES="--shapes l1.3x3,l3.3x3s2,l1.1x1in,l3.1x1red"
 st_kbench() {
-  local rc=0 r sec share t
-  local -a plan=("peak,masked:masked:38" "peak,hard:hard:27" "peak,dual:dual:15" "peak,attention:attention:20")
+  local rc=0 r sec share t args
+  local -a plan=("peak,masked:masked:38:$KBENCH_SHAPES" "peak,hard:hard:27:$KBENCH_SHAPES --fractions 0.35"
+                 "peak,dual:dual:15:$KBENCH_SHAPES --fractions 0.35" "peak,attention:attention:20:--seqs 512,2048")
   local -a files=()
   for entry in "${plan[@]}"; do
-    IFS=: read -r sec name share <<<"$entry"
-    t=$(((STAGE_LIMIT - 15) * share / 100))
+    IFS=: read -r sec name share args <<<"$entry"
+    [[ ${KBENCH_ALL:-0} == 1 ]] && args=""
+    t=$(((STAGE_LIMIT - 6) * share / 100))
     files+=("$OUTDIR/results/kernel_bench_$name.json")
     [[ ${DRY_RUN:-0} == 1 ]] || rm -f "$OUTDIR/results/kernel_bench_$name.json"  # never a stale one
-    echo "-- kernel_bench --sections $sec (timeout ${t}s)"
-    X run_bin timeout "$t" "$B/kernel_bench" --require-gpu --sections "$sec" --json "$OUTDIR/results/kernel_bench_$name.json"
+    echo "-- kernel_bench --sections $sec $args (timeout ${t}s)"
+    # shellcheck disable=SC2086
+    X run_bin timeout "$t" "$B/kernel_bench" --require-gpu --sections "$sec" --reps 10 --warmup 2 $args \
+      --json "$OUTDIR/results/kernel_bench_$name.json"
     r=$?
     echo "-- kernel_bench $sec: exit code $r (1: a verification failure or an error, 124: timeout)"
     ((r == 0)) || rc=$r
@@ -390,15 +428,11 @@ st_kbench() {
 # The S2HPruner training step (soft + hard pass, one optimiser step) with the
 # fused kernels and with library kernels only; one run each, half the stage each.
 st_s2hstep() {
-  local per=$(((STAGE_LIMIT - 10) / 2)) k r rc=0
-  if ! grep -q -- "--kernels" "$B/bench_train_step"; then
-    echo "   bench_train_step in this bundle has no --kernels flag: rebuild the bundle with the --s2h / --kernels change"
-    [[ ${DRY_RUN:-0} == 1 ]] || return 3
-  fi
+  local per=$(((STAGE_LIMIT - 6) / 2)) k r rc=0
   for k in fused library; do
     echo "-- bench_train_step --s2h --kernels $k (timeout ${per}s)"
     X run_bin timeout "$per" "$B/bench_train_step" --model resnet50 --device cuda --precision bf16 --batch 256 \
-      --image-size 64 --in-channels 3 --classes 200 --steps 10 --warmup 3 --threads 16 --s2h --kernels "$k" \
+      --image-size 64 --in-channels 3 --classes 200 --steps 8 --warmup 2 --threads 16 --s2h --kernels "$k" \
       > "$OUTDIR/results/s2h_step_resnet50_$k.log"
     r=$?
     cat "$OUTDIR/results/s2h_step_resnet50_$k.log"
@@ -410,24 +444,33 @@ st_s2hstep() {
   return $rc
 }
 
-export B LIBPATH WORK OUTDIR REPO PY LOG BUNDLE DRY MEMCHECK_OWN MEMCHECK_LIB FMEMCHECK_QUICK RACECHECK_FILTER
-export -f X run_bin st_env st_probe st_runtime st_ops gtest_filter_of st_memcheck st_gemm st_resnet50 st_train \
-  sanitizer st_fused st_fmemcheck st_fracecheck st_torchattn st_kbench st_s2hstep
+export B LIBPATH WORK OUTDIR REPO PY LOG BUNDLE DRY MEMCHECK_OWN MEMCHECK_LIB MEMCHECK_QUICK FMEMCHECK_QUICK \
+  RACECHECK_FILTER KBENCH_SHAPES
+export -f X run_bin st_env st_probe st_runtime st_ops st_opstf32 gtest_filter_of sanitizer memcheck memcheck_two st_memcheck \
+  st_memlib st_fracecheck st_gemm st_resnet50 st_train st_fused st_torchattn st_kbench st_s2hstep
 
-stage env 45 st_env
-stage probe 30 st_probe
-stage runtime 60 st_runtime
-stage ops 120 st_ops
-stage memcheck 210 st_memcheck
-stage gemm 45 st_gemm
-stage resnet50 160 st_resnet50
-stage train 200 st_train
-stage fused 100 st_fused
-stage torchattn 60 st_torchattn
-stage kbench 220 st_kbench
-stage s2hstep 130 st_s2hstep
-stage fmemcheck 150 st_fmemcheck
-stage fracecheck 90 st_fracecheck
+# The stages and their limits (seconds). quick: 400 s in all, inside the 405 s budget of a 7-minute call.
+# extra: 570 s of a 580 s budget (one call under the device's 10-minute limit).
+STAGES=(
+  "env 15 st_env" "ops 35 st_ops" "fused 70 st_fused" "memcheck 55 st_memcheck" "torchattn 25 st_torchattn"
+  "resnet50 60 st_resnet50" "s2hstep 50 st_s2hstep" "kbench 90 st_kbench"
+  "probe 20 st_probe" "runtime 40 st_runtime" "opstf32 45 st_opstf32" "memlib 150 st_memlib"
+  "fracecheck 80 st_fracecheck" "gemm 40 st_gemm" "train 180 st_train"
+)
+planned=0
+for entry in "${STAGES[@]}"; do
+  read -r name max _ <<<"$entry"
+  wanted "$name" && planned=$((planned + max))
+done
+say "   planned: stage limits add up to ${planned}s of the ${BUDGET}s budget (suite $SUITE)"
+if [[ $SUITE == quick && -z $ONLY_GIVEN ]] && ((planned > BUDGET || BUDGET > 420)); then
+  say "gpu_check: the quick suite must fit one 7-minute call (its stages plan ${planned}s, budget ${BUDGET}s)"
+  exit 2
+fi
+for entry in "${STAGES[@]}"; do
+  # shellcheck disable=SC2086
+  stage $entry
+done
 
 # ------------------------------------------------------------------ summary
 gtest_counts() {  # "P passed, F failed, S skipped" from a stage's part of the log
@@ -440,8 +483,8 @@ stage_log() {  # one stage's part of the log
 }
 note_for() {
   case $1 in
-    probe|runtime|ops|fused) gtest_counts "$1" ;;
-    memcheck|fmemcheck|fracecheck)
+    probe|runtime|ops|opstf32|fused) gtest_counts "$1" ;;
+    memcheck|memlib|fracecheck)
       stage_log "$1" | grep -o 'ERROR SUMMARY: [0-9]* errors\?\|RACECHECK SUMMARY: [0-9]* hazards\? displayed[^)]*)' |
         tr '\n' ';' ;;
     kbench) "$PY" "$REPO/benchmarks/gpu_results.py" note kbench "$OUTDIR/results/kernel_bench_*.json" ;;

@@ -146,7 +146,10 @@ source_sum=$(bash "$REPO/benchmarks/gpu_check.sh" --source-checksum)
   echo "host: $(uname -srm), $(. /etc/os-release && echo "$PRETTY_NAME"), $(ldd --version | head -1)"
   echo "build: $BUILD"
   echo "cuda_architectures: $arch"
-  echo "nvcc: $(sed -n 's/^CMAKE_CUDA_COMPILER:[A-Z]*=//p' "$BUILD/CMakeCache.txt")"
+  nvcc=$(sed -n 's/^CMAKE_CUDA_COMPILER:[A-Z]*=//p' "$BUILD/CMakeCache.txt")
+  echo "nvcc: $nvcc"
+  # The CUDA runtime the binaries need: gpu_check.sh fails on a driver that supports less.
+  echo "cuda_runtime: $("$nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p')"
   echo "source_checksum: $source_sum"
   echo "# linked against (not carried): $(ldd "$BUILD/apps/s2h" | awk '/cublas|cudnn/ {print $1}' | sort -u | tr '\n' ' ')"
   echo "# files (sha256, path inside the payload or the bundle)"

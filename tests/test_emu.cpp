@@ -541,27 +541,9 @@ __global__ void ldmatrix_kernel(const uint16_t* mats, uint32_t* out) {
   __syncthreads();
   const int row = l % 8, mat = (l / 8) % N;  // lanes past 8N give (ignored) copies
   const void* p = &sm[mat * 64 + row * 8];
-  uint32_t r[4] = {0, 0, 0, 0};
-  if constexpr (N == 4) {
-    if (T)
-      ldsm_x4_trans(r, p);
-    else
-      ldsm_x4(r, p);
-  } else if constexpr (N == 2) {
-    uint32_t r2[2];
-    if (T)
-      ldsm_x2_trans(r2, p);
-    else
-      ldsm_x2(r2, p);
-    r[0] = r2[0];
-    r[1] = r2[1];
-  } else {
-    if (T)
-      ldsm_x1_trans(r[0], p);
-    else
-      ldsm_x1(r[0], p);
-  }
-  for (int i = 0; i < 4; ++i) out[4 * l + i] = r[i];
+  uint32_t r[N];
+  ldsm<N, T>(r, p);
+  for (int i = 0; i < N; ++i) out[4 * l + i] = r[i];
 }
 
 template <int N, bool T>
@@ -595,7 +577,7 @@ TEST(Emulator, LdmatrixFragments) {
 
 __global__ void ldmatrix_global_kernel(const uint16_t* g, uint32_t* out) {
   uint32_t r[4];
-  ldsm_x4(r, g + 8 * (threadIdx.x % 8));
+  ldsm<4, false>(r, g + 8 * (threadIdx.x % 8));
   out[threadIdx.x] = r[0];
 }
 
@@ -617,8 +599,8 @@ __global__ void mma_kernel(const uint16_t* a, const uint16_t* b, const float* c,
   for (int i = l; i < 128; i += 32) bs[i] = b[i];
   __syncthreads();
   uint32_t af[4], bf[2];
-  ldsm_x4(af, &as[(l % 16) * 16 + (l / 16) * 8]);
-  ldsm_x2(bf, &bs[(l % 8) * 16 + ((l / 8) % 2) * 8]);
+  ldsm<4, false>(af, &as[(l % 16) * 16 + (l / 16) * 8]);
+  ldsm<2, false>(bf, &bs[(l % 8) * 16 + ((l / 8) % 2) * 8]);
   float acc[4];
   for (int q = 0; q < 4; ++q) acc[q] = c[(g + 8 * (q / 2)) * 8 + 2 * t + q % 2];
   mma_bf16(acc, af, bf[0], bf[1]);

@@ -6,15 +6,17 @@
 // direct loops (a gathered weight, a naive softmax attention), plus the
 // argument checks.
 //
-// CUDA (skipped, with the driver's reason, without a usable GPU): over a grid
-// of layer shapes (ResNet-50 and MobileNetV2 layers with a small batch; odd
-// sizes that do not divide any tile), fresh random inputs rounded to what the
+// CUDA (skipped, with the driver's reason, without a usable GPU; run on the
+// CUDA emulator by the emulated build test_fused_ops_emu, on smaller layers):
+// over a grid of layer shapes (ResNet-50 and MobileNetV2 layers with a small
+// batch; odd sizes that do not divide any tile), fresh random inputs rounded to what the
 // GPU sees (bf16 activations, bf16-exact f32 weights and scales), the fused
 // path (set_fused_kernels(true)) and the library path (set_fused_kernels(false))
 // under the bf16 policy are both compared with the f64 CPU reference: output
 // and every gradient. The fused path passes when its relative L2 error is
 // within 2x the library's error plus a floor of 1e-3 (the flash-attention
-// test criterion) and below an absolute cap; both errors are printed. New
+// test criterion; a scale's gradient is measured against its summands' norm,
+// see SummandNorm) and below an absolute cap; both errors are printed. New
 // allocations are poisoned (NaN), so an element a kernel forgets to write
 // fails. The autograd node's name proves the fused kernels ran (no silent
 // fallback).
@@ -804,41 +806,35 @@ TEST_F(FusedOpsCuda, MaskedConvOnlySomeGradients) {
   }
 }
 
+// dual_conv2d of shape s (hard widths hc -> ho) with soft in- and out-scales
+// against the library path and the reference: part 0 checks the soft output,
+// 1 the hard one (a fresh run each, so that each output's gradients are
+// checked alone), 2 both through one tensor.
+void check_dual(const ConvShape& s, int64_t hc, int64_t ho, int part) {
+  static const char* kPart[] = {"soft", "hard", "both"};
+  check_paths(
+      conv_name(s, std::string("dual (") + kPart[part] + ") hard " + std::to_string(hc) + "->" + std::to_string(ho)),
+      [&](const Inputs& v) {
+        MaskedConvOptions o;
+        o.stride = s.stride;
+        o.padding = s.k / 2;
+        o.in_scale = v[3];
+        o.out_scale = v[4];
+        auto [ys, yh] = dual_conv2d(v[0], v[1], v[2], o, ho);
+        if (part == 0) return ys;
+        if (part == 1) return yh;
+        // Both outputs in one tensor (bf16 on the GPU, f64 on the CPU).
+        return concat({reshape(ys, {-1}), reshape(yh, {-1})}, 0);
+      },
+      {act_arg({s.n, s.h, s.w, s.c}), act_arg({s.n, s.h, s.w, hc}), {weight_scaled(s), Kind::Param, true},
+       scale_arg(s.c), scale_arg(s.o)},
+      {"x_soft", "x_hard", "weight", "in_scale", "out_scale"},
+      part == 1 ? "dual_conv2d (hard)" : part == 0 ? "dual_conv2d (soft)" : "", conv_summands(3, 4));
+}
+
 TEST_F(FusedOpsCuda, DualConv) {
-  for (const ConvShape& s : conv_shapes()) {
-    const int64_t hc = kept(s.c, 0.45), ho = kept(s.o, 0.45);
-    // The test compares one output at a time: the soft half, then the hard half
-    // (a fresh run each, so each output's gradients are checked alone), then
-    // their sum through both halves.
-    for (int part = 0; part < 3; ++part) {
-      static const char* kPart[] = {"soft", "hard", "both"};
-      check_paths(
-          conv_name(s,
-                    std::string("dual (") + kPart[part] + ") hard " + std::to_string(hc) + "->" + std::to_string(ho)),
-          [&](const Inputs& v) {
-            MaskedConvOptions o;
-            o.stride = s.stride;
-            o.padding = s.k / 2;
-            o.in_scale = v[3];
-            o.out_scale = v[4];
-            auto [ys, yh] = dual_conv2d(v[0], v[1], v[2], o, ho);
-            if (part == 0) return ys;
-            if (part == 1) return yh;
-            // Both outputs in one tensor (bf16 on the GPU, f64 on the CPU).
-            return concat({reshape(ys, {-1}), reshape(yh, {-1})}, 0);
-          },
-          {act_arg({s.n, s.h, s.w, s.c}),
-           act_arg({s.n, s.h, s.w, hc}),
-           {weight_scaled(s), Kind::Param, true},
-           scale_arg(s.c),
-           scale_arg(s.o)},
-          {"x_soft", "x_hard", "weight", "in_scale", "out_scale"},
-          part == 1   ? "dual_conv2d (hard)"
-          : part == 0 ? "dual_conv2d (soft)"
-                      : "",
-          conv_summands(3, 4));
-    }
-  }
+  for (const ConvShape& s : conv_shapes())
+    for (int part = 0; part < 3; ++part) check_dual(s, kept(s.c, 0.45), kept(s.o, 0.45), part);
 }
 
 // The dual kernel's vector loaders need both widths multiples of 8 (the odd
@@ -1012,25 +1008,7 @@ TEST_F(FusedOpsCuda, FallbacksMatchTheLibraryPath) {
 // dual kernel with partial hard tiles and attention with padding and an odd
 // length, forward and backward.
 TEST_F(FusedOpsCuda, RacecheckDualConv) {
-  const ConvShape s{"racecheck 3x3 40->70 s2 9x7", 2, 9, 7, 40, 70, 3, 2};
-  const int64_t hc = 17, ho = 33;
-  check_paths(
-      conv_name(s, "dual (both)"),
-      [&](const Inputs& v) {
-        MaskedConvOptions o;
-        o.stride = s.stride;
-        o.padding = 1;
-        o.in_scale = v[3];
-        o.out_scale = v[4];
-        auto [ys, yh] = dual_conv2d(v[0], v[1], v[2], o, ho);
-        return concat({reshape(ys, {-1}), reshape(yh, {-1})}, 0);
-      },
-      {act_arg({s.n, s.h, s.w, s.c}),
-       act_arg({s.n, s.h, s.w, hc}),
-       {weight_scaled(s), Kind::Param, true},
-       scale_arg(s.c),
-       scale_arg(s.o)},
-      {"x_soft", "x_hard", "weight", "in_scale", "out_scale"}, "", conv_summands(3, 4));
+  check_dual({"racecheck 3x3 40->70 s2 9x7", 2, 9, 7, 40, 70, 3, 2}, 17, 33, 2);
 }
 
 TEST_F(FusedOpsCuda, RacecheckAttention) {

@@ -10,7 +10,9 @@
 //
 // Cases: cpu_fp32 (CPU f32 against CPU f64: runs everywhere, CI included),
 // cuda_fp32, cuda_tf32 and cuda_bf16. Without a usable GPU (or in a build
-// without CUDA) the cuda cases are reported as SKIPPED with the reason.
+// without CUDA) the cuda cases are reported as SKIPPED with the reason; the
+// emulated build of this file (test_ops_device_emu) runs them on the CUDA
+// emulator (kernels/cuda/emu), in CI.
 //
 // Error measure: ||candidate - reference||_2 / ||reference||_2 over all
 // elements (absolute when the reference is zero); NaN or Inf never passes.

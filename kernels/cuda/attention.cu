@@ -111,17 +111,17 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // A operand: rows r0..r0+15, cols c0..c0+15 of a row-major [rows][L] tile.
 template <int L>
 __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* tile, int r0, int c0, int lane) {
-  ldsm_x4(a, tile + (r0 + (lane & 15)) * L + c0 + ((lane >> 4) << 3));
+  ldsm<4, false>(a, tile + (r0 + (lane & 15)) * L + c0 + ((lane >> 4) << 3));
 }
 // B operands of n-tiles n0 and n0+8 (k = c0..c0+15) from a tile stored [n][k].
 template <int L>
 __device__ __forceinline__ void ldsm_b(uint32_t (&b)[4], const bf16* tile, int n0, int c0, int lane) {
-  ldsm_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * L + c0 + (((lane >> 3) & 1) << 3));
+  ldsm<4, false>(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * L + c0 + (((lane >> 3) & 1) << 3));
 }
 // B operands of n-tiles c0 and c0+8 (k = r0..r0+15) from a tile stored [k][n].
 template <int L>
 __device__ __forceinline__ void ldsm_bt(uint32_t (&b)[4], const bf16* tile, int r0, int c0, int lane) {
-  ldsm_x4_trans(b, tile + (r0 + (lane & 15)) * L + c0 + ((lane >> 4) << 3));
+  ldsm<4, true>(b, tile + (r0 + (lane & 15)) * L + c0 + ((lane >> 4) << 3));
 }
 // Accumulator n-tiles 2j, 2j+1 (16 columns) as the A operand over k = those columns.
 __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {

@@ -35,8 +35,8 @@
 // in the padding, split-K for forward / dgrad grids smaller than the GPU, and a finer K granularity in the
 // dual kernel (a 32-wide K tile with one hard channel runs the whole hard product).
 //
-// The loaders and epilogues are __host__ __device__ and take the thread index as an argument, so that the
-// index math can be checked on a host by emulating the block loops around them.
+// The loaders and epilogues are __host__ __device__ and take the thread index as an argument: plain functions of
+// their inputs. The kernels themselves run on the CPU in the CUDA emulator (kernels/cuda/emu) in CI.
 #include <algorithm>
 #include <climits>
 #include <cstdint>

@@ -54,60 +54,34 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16: lanes 8i..8i+7 give
-// the row addresses (16 bytes each) of matrix i; lane l receives row l/4,
-// elements 2(l%4) and 2(l%4)+1 of each matrix in r[i] (the lower index in the
-// low half), or of its transpose with .trans. Volatile: the asm reads shared
-// memory that other threads wrote, so it stays after the preceding
-// cp_async_wait / __syncthreads.
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p S2H_CALLER) {
+// ldmatrix.sync.aligned.m8n8.x{N}[.trans].shared.b16 (N = 1, 2 or 4): lanes
+// 8i..8i+7 give the row addresses (16 bytes each) of matrix i; lane l receives
+// row l/4, elements 2(l%4) and 2(l%4)+1 of each matrix in r[i] (the lower
+// index in the low half), or of its transpose with Trans. Volatile: the asm
+// reads shared memory that other threads wrote, so it stays after the
+// preceding cp_async_wait / __syncthreads.
+template <int N, bool Trans>
+__device__ __forceinline__ void ldsm(uint32_t (&r)[N], const void* p S2H_CALLER) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
 #ifdef S2H_EMU
-  emu::ldmatrix(r, 4, false, p S2H_AT);
+  emu::ldmatrix(r, N, Trans, p S2H_AT);
 #else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-#endif
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p S2H_CALLER) {
-#ifdef S2H_EMU
-  emu::ldmatrix(r, 4, true, p S2H_AT);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-#endif
-}
-__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p S2H_CALLER) {
-#ifdef S2H_EMU
-  emu::ldmatrix(r, 2, false, p S2H_AT);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_u32(p)));
-#endif
-}
-__device__ __forceinline__ void ldsm_x2_trans(uint32_t (&r)[2], const void* p S2H_CALLER) {
-#ifdef S2H_EMU
-  emu::ldmatrix(r, 2, true, p S2H_AT);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(r[0]), "=r"(r[1])
-               : "r"(smem_u32(p)));
-#endif
-}
-__device__ __forceinline__ void ldsm_x1(uint32_t& r, const void* p S2H_CALLER) {
-#ifdef S2H_EMU
-  emu::ldmatrix(&r, 1, false, p S2H_AT);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r) : "r"(smem_u32(p)));
-#endif
-}
-__device__ __forceinline__ void ldsm_x1_trans(uint32_t& r, const void* p S2H_CALLER) {
-#ifdef S2H_EMU
-  emu::ldmatrix(&r, 1, true, p S2H_AT);
-#else
-  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r) : "r"(smem_u32(p)));
+// The instruction with its register list (the address is operand N, after the N outputs).
+#define S2H_LDSM(shape, regs, addr, ...) \
+  asm volatile("ldmatrix.sync.aligned.m8n8." shape ".shared.b16 " regs ", [%" addr "];\n" : __VA_ARGS__ : "r"(smem_u32(p)))
+  if constexpr (N == 4 && Trans)
+    S2H_LDSM("x4.trans", "{%0, %1, %2, %3}", "4", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]));
+  else if constexpr (N == 4)
+    S2H_LDSM("x4", "{%0, %1, %2, %3}", "4", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]));
+  else if constexpr (N == 2 && Trans)
+    S2H_LDSM("x2.trans", "{%0, %1}", "2", "=r"(r[0]), "=r"(r[1]));
+  else if constexpr (N == 2)
+    S2H_LDSM("x2", "{%0, %1}", "2", "=r"(r[0]), "=r"(r[1]));
+  else if constexpr (Trans)
+    S2H_LDSM("x1.trans", "{%0}", "1", "=r"(r[0]));
+  else
+    S2H_LDSM("x1", "{%0}", "1", "=r"(r[0]));
+#undef S2H_LDSM
 #endif
 }
 

@@ -423,21 +423,24 @@ inline T atomicCAS(T* p, T expected, T desired) {
   std::atomic_ref<T>(*p).compare_exchange_strong(expected, desired);
   return expected;
 }
-template <class T>
-inline T atomicMax(T* p, T v) {
+namespace s2h::emu::detail {
+// Replaces *p by v while `better(v, *p)`; returns the old value.
+template <class T, class Better>
+inline T atomic_replace_if(T* p, T v, Better better) {
   std::atomic_ref<T> a(*p);
   T old = a.load();
-  while (old < v && !a.compare_exchange_weak(old, v)) {
+  while (better(v, old) && !a.compare_exchange_weak(old, v)) {
   }
   return old;
 }
+}  // namespace s2h::emu::detail
+template <class T>
+inline T atomicMax(T* p, T v) {
+  return ::s2h::emu::detail::atomic_replace_if(p, v, [](T a, T b) { return b < a; });
+}
 template <class T>
 inline T atomicMin(T* p, T v) {
-  std::atomic_ref<T> a(*p);
-  T old = a.load();
-  while (v < old && !a.compare_exchange_weak(old, v)) {
-  }
-  return old;
+  return ::s2h::emu::detail::atomic_replace_if(p, v, [](T a, T b) { return a < b; });
 }
 
 // ------------------------------------------------------------------ tensor cores and async copies
