@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks that the emulated test suites launched every handwritten CUDA kernel.
+r"""Checks that the emulated test suites launched every handwritten CUDA kernel.
 
 Every `__global__` function defined in kernels/cuda/*.cu must have been
 launched at least once by the emulated suites of one ctest run. The suites'
@@ -11,7 +11,7 @@ its launches and the suites that launched it.
 A run that did not include every emulated test (ctest -R ...) cannot show
 coverage: then the script says so and passes.
 
-  emu_kernel_coverage.py --reports DIR --sources kernels/cuda \
+  emu_kernel_coverage.py --reports DIR --sources kernels/cuda [--instantiations] \
       --suite BINARY FILTER [--suite BINARY FILTER ...]
 """
 import argparse
@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--sources", required=True, help="kernels/cuda")
     ap.add_argument("--suite", nargs=2, action="append", default=[], metavar=("BINARY", "FILTER"),
                     help="an emulated test binary and the gtest filter its tests are registered with")
+    ap.add_argument("--instantiations", action="store_true", help="also list each kernel's template instantiations")
     args = ap.parse_args()
 
     sources = kernels_in_sources(args.sources)
@@ -133,6 +134,9 @@ def main():
         if k in table:
             t = table[k]
             print(f"{k:34} {sources[k]:16} {len(t['inst']):5d} {t['launches']:9d}  {' '.join(sorted(t['suites']))}")
+            if args.instantiations:
+                for inst in sorted(t["inst"]):
+                    print("    " + inst.replace("s2h::cuda::anon::", ""))
         else:
             print(f"{k:34} {sources[k]:16} {0:5d} {0:9d}  NEVER LAUNCHED")
             missing.append(k)

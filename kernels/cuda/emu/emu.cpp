@@ -250,7 +250,6 @@ struct Fiber {
   uint3 idx;
   int tid = 0;
   State state = State::Runnable;
-  bool started = false;
   Site site;              // where it waits (barrier or warp call)
   int* result = nullptr;  // __syncthreads_or/and/count
   const WarpCall* call = nullptr;
@@ -538,11 +537,6 @@ void fiber_main(void* p) {
 }
 
 // ------------------------------------------------------------------ shared memory
-void poison_region(char* p, size_t n) {
-  // Written byte by byte with the sanitizer off: the region may hold poisoned (fenced) bytes.
-  std::memset(p, kPoison, n);
-}
-
 #ifdef S2H_EMU_ASAN
 void fence_slot(Worker& w, int slot, char* live, size_t bytes) {
   char* b = w.slot_begin(slot);
@@ -559,11 +553,11 @@ char* alloc_slot(Worker& w, size_t bytes, size_t align, char** slot_end) {
   char* end = w.slot_begin(slot) + w.slot_data;
   char* p = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(end) - bytes) & ~(uintptr_t{align} - 1));
 #ifdef S2H_EMU_ASAN
-  ASAN_UNPOISON_MEMORY_REGION(w.slot_begin(slot), w.slot_data);
-  poison_region(p, static_cast<size_t>(end - p));
+  ASAN_UNPOISON_MEMORY_REGION(w.slot_begin(slot), w.slot_data);  // the slot's earlier fences
+  std::memset(p, kPoison, static_cast<size_t>(end - p));
   fence_slot(w, slot, p, bytes);
 #else
-  poison_region(p, static_cast<size_t>(end - p));
+  std::memset(p, kPoison, static_cast<size_t>(end - p));
 #endif
   *slot_end = end;
   return p;

@@ -208,8 +208,7 @@ extern thread_local dim3 t_block_dim, t_grid_dim;
 struct Site {  // where a synchronising call was made
   const char* file = "";
   unsigned line = 0;
-  const char* function = "";
-  static Site of(const std::source_location& l) { return {l.file_name(), l.line(), l.function_name()}; }
+  static Site of(const std::source_location& l) { return {l.file_name(), l.line()}; }
   bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
 };
 
@@ -223,7 +222,7 @@ struct WarpCall {
   const void* in = nullptr;
   void* out = nullptr;
   void (*run)(const WarpCall* const (&lanes)[32], const void* ctx) = nullptr;
-  const void* ctx = nullptr;  // passed to run (the first lane's)
+  const void* ctx = nullptr;  // passed to run (the last lane to arrive passes its own)
 };
 void warp_call(const WarpCall& call);
 [[noreturn]] void fail(const std::string& what);
