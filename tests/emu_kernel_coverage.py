@@ -49,7 +49,15 @@ def base_name(demangled):
 
 def instantiation(demangled):
     """The demangled name without its parameter list: one per template instantiation."""
-    return demangled.replace("(anonymous namespace)", "anon").split("(")[0]
+    s, depth = demangled.replace("(anonymous namespace)", "anon"), 0
+    for i, ch in enumerate(s):  # the parameter list opens at the first '(' outside the template arguments
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            return s[:i]
+    return s
 
 
 def listed_tests(binary, gfilter):

@@ -698,6 +698,9 @@ TEST_P(OpsDevice, Softmax) {
   check("softmax last", [](const Inputs& v) { return softmax(v[0], -1); }, {act({3, 5}, 2)}, Family::Softmax);
   check("softmax last, 1000 classes", [](const Inputs& v) { return softmax(v[0], -1); }, {act({64, 1000}, 3)},
         Family::Softmax);
+  // Rows longer than 1024 take the block-per-row kernels (reductions across warps through shared memory).
+  check("softmax last, 3000 classes", [](const Inputs& v) { return softmax(v[0], -1); }, {act({5, 3000}, 3)},
+        Family::Softmax);
   check("softmax middle axis", [](const Inputs& v) { return softmax(v[0], 1); }, {act({2, 40, 3}, 2)},
         Family::Softmax);
   check("softmax first axis", [](const Inputs& v) { return softmax(v[0], 0); }, {act({37, 9}, 2)}, Family::Softmax);
@@ -708,6 +711,8 @@ TEST_P(OpsDevice, LogSoftmax) {
         Family::Softmax);
   check("log_softmax last, 1000 classes", [](const Inputs& v) { return log_softmax(v[0], -1); },
         {act({64, 1000}, 3)}, Family::Softmax);
+  check("log_softmax last, 3000 classes", [](const Inputs& v) { return log_softmax(v[0], -1); },
+        {act({5, 3000}, 3)}, Family::Softmax);
   check("log_softmax first axis", [](const Inputs& v) { return log_softmax(v[0], 0); }, {act({40, 3}, 2)},
         Family::Softmax);
   check("log_softmax middle axis", [](const Inputs& v) { return log_softmax(v[0], 1); }, {act({4, 33, 5}, 2)},
@@ -723,6 +728,8 @@ TEST_P(OpsDevice, CrossEntropy) {
           {act({37, 10}, 2), index(random_labels(37, 10))}, Family::Softmax, Out::F32);
     check("cross_entropy 256x1000" + tag, [ls](const Inputs& v) { return cross_entropy(v[0], v[1], ls); },
           {act({256, 1000}, 3), index(random_labels(256, 1000))}, Family::Softmax, Out::F32);
+    check("cross_entropy 6x2500 (block per row)" + tag, [ls](const Inputs& v) { return cross_entropy(v[0], v[1], ls); },
+          {act({6, 2500}, 3), index(random_labels(6, 2500))}, Family::Softmax, Out::F32);
   }
 }
 
