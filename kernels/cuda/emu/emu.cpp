@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -99,6 +100,8 @@ const char* kernels_dir() {
   return d && *d ? d : nullptr;
 }
 void write_kernel_report() {
+  std::error_code ec;
+  std::filesystem::create_directories(kernels_dir(), ec);  // a failure shows at the fopen
   const std::string path = std::string(kernels_dir()) + "/" + std::to_string(getpid()) + ".tsv";
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) {
