@@ -192,7 +192,6 @@ run_bin() { LD_LIBRARY_PATH=$LIBPATH "$@"; }
 
 # ------------------------------------------------------------------ stages
 declare -A STATUS=() SECS=() NOTE=()
-ORDER=(env ops fused memcheck torchattn resnet50 s2hstep kbench probe runtime opstf32 memlib fracecheck gemm train)
 wanted() {
   [[ -n $ONLY && ,$ONLY, != *,$1,* ]] && return 1
   [[ -n $SKIP && ,$SKIP, == *,$1,* ]] && return 1
@@ -458,8 +457,10 @@ STAGES=(
   "fracecheck 80 st_fracecheck" "gemm 40 st_gemm" "train 180 st_train"
 )
 planned=0
+ORDER=()  # every stage's name, in the order they run (the summary's rows)
 for entry in "${STAGES[@]}"; do
   read -r name max _ <<<"$entry"
+  ORDER+=("$name")
   wanted "$name" && planned=$((planned + max))
 done
 say "   planned: stage limits add up to ${planned}s of the ${BUDGET}s budget (suite $SUITE)"
@@ -473,13 +474,13 @@ for entry in "${STAGES[@]}"; do
 done
 
 # ------------------------------------------------------------------ summary
-gtest_counts() {  # "P passed, F failed, S skipped" from a stage's part of the log
-  awk -v s="== stage $1 " 'index($0, s) == 1 {on = 1; next} /^== stage / {on = 0} on' "$LOG" |
-    awk '/^\[  PASSED  \]/ {p = $4} /^\[  SKIPPED \]/ && /tests?,/ {s = $4} /^\[  FAILED  \]/ && /tests?,/ {f = $4}
-         END {printf "%d passed, %d failed, %d skipped", p, f, s}'
-}
 stage_log() {  # one stage's part of the log
   awk -v s="== stage $1 " 'index($0, s) == 1 {on = 1; next} /^== stage / {on = 0} on' "$LOG"
+}
+gtest_counts() {  # "P passed, F failed, S skipped" from a stage's part of the log
+  stage_log "$1" |
+    awk '/^\[  PASSED  \]/ {p = $4} /^\[  SKIPPED \]/ && /tests?,/ {s = $4} /^\[  FAILED  \]/ && /tests?,/ {f = $4}
+         END {printf "%d passed, %d failed, %d skipped", p, f, s}'
 }
 note_for() {
   case $1 in

@@ -1101,25 +1101,26 @@ void cp_async_wait(int pending) {
 }
 
 void ldmatrix(uint32_t* r, int count, bool trans, const void* row, std::source_location l) {
-  static const char* const kNames[2][5] = {{"", "ldmatrix.x1", "ldmatrix.x2", "", "ldmatrix.x4"},
-                                           {"", "ldmatrix.x1.trans", "ldmatrix.x2.trans", "", "ldmatrix.x4.trans"}};
   if (count != 1 && count != 2 && count != 4) fail_here("ldmatrix: .x" + std::to_string(count) + " does not exist");
   struct Post {
     uint32_t* r;
     const void* row;
   } post{r, row};
   struct Form {
+    const char* name;
     int n;
     bool trans;
   };
-  static const Form kForms[2][5] = {{{0, false}, {1, false}, {2, false}, {0, false}, {4, false}},
-                                    {{0, true}, {1, true}, {2, true}, {0, true}, {4, true}}};
+  static const Form kForms[] = {{"ldmatrix.x1", 1, false},      {"ldmatrix.x2", 2, false},
+                                {"ldmatrix.x4", 4, false},      {"ldmatrix.x1.trans", 1, true},
+                                {"ldmatrix.x2.trans", 2, true}, {"ldmatrix.x4.trans", 4, true}};
+  const Form& form = kForms[3 * trans + count / 2];  // count 1, 2, 4 -> 0, 1, 2
   WarpCall c;
-  c.kind = kNames[trans][count];
+  c.kind = form.name;
   c.mask = 0xffffffffu;
   c.site = Site::of(l);
   c.in = &post;
-  c.ctx = &kForms[trans][count];
+  c.ctx = &form;
   c.run = [](const WarpCall* const(&lanes)[32], const void* p) {
     const int n = static_cast<const Form*>(p)->n;
     const bool tr = static_cast<const Form*>(p)->trans;

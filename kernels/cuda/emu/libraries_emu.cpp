@@ -43,11 +43,17 @@ void store(void* p, DType dtype, int64_t i, float v) {
     static_cast<float*>(p)[i] = v;
 }
 
+// Element i as a float, TF32-rounded when asked.
+float value(const void* p, DType dtype, int64_t i, bool round_tf32) {
+  const float v = load(p, dtype, i);
+  return round_tf32 ? tf32(v) : v;
+}
+
 // n contiguous elements of `dtype` as floats (TF32-rounded when asked); zeros when p is null.
 std::vector<float> floats(const void* p, DType dtype, int64_t n, bool round_tf32) {
   std::vector<float> v(static_cast<size_t>(n), 0.f);
   if (!p) return v;
-  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = round_tf32 ? tf32(load(p, dtype, i)) : load(p, dtype, i);
+  for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = value(p, dtype, i, round_tf32);
   return v;
 }
 void write(void* p, DType dtype, const std::vector<float>& v) {
@@ -92,20 +98,17 @@ void gemm(int64_t batch, int64_t m, int64_t n, int64_t k, float alpha, const Gem
   if (batch == 0 || m == 0 || n == 0) return;
   const bool round = allow_tf32 && dtype == DType::F32;
   for (int64_t bi = 0; bi < batch; ++bi) {
-    // op(A) [m, k] and op(B) [k, n] as dense row-major floats.
-    std::vector<float> A(static_cast<size_t>(m * k)), B(static_cast<size_t>(k * n)), C(static_cast<size_t>(m * n));
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t off = bi * a.batch_stride + (a.trans ? j * a.ld + i : i * a.ld + j);
-        const float v = load(a.data, dtype, off);
-        A[static_cast<size_t>(i * k + j)] = round ? tf32(v) : v;
-      }
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        const int64_t off = bi * b.batch_stride + (b.trans ? j * b.ld + i : i * b.ld + j);
-        const float v = load(b.data, dtype, off);
-        B[static_cast<size_t>(i * n + j)] = round ? tf32(v) : v;
-      }
+    // op(o) of this batch, rows x cols, as dense row-major floats.
+    const auto dense = [&](const GemmOperand& o, int64_t rows, int64_t cols) {
+      std::vector<float> v(static_cast<size_t>(rows * cols));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+          v[static_cast<size_t>(i * cols + j)] =
+              value(o.data, dtype, bi * o.batch_stride + (o.trans ? j * o.ld + i : i * o.ld + j), round);
+      return v;
+    };
+    const std::vector<float> A = dense(a, m, k), B = dense(b, k, n);
+    std::vector<float> C(static_cast<size_t>(m * n));
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j)
         C[static_cast<size_t>(i * n + j)] = beta == 0.f ? 0.f : load(c, dtype, bi * stride_c + i * ldc + j);

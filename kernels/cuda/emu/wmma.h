@@ -166,18 +166,13 @@ inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matri
     float a_[M][K], b_[K][N], c_[M][N];  // the 32 lanes' fragments, assembled
     for (int ln = 0; ln < 32; ++ln) {
       const Args& x = *static_cast<const Args*>(lanes[ln]->in);
-      for (int e = 0; e < FA::num_elements; ++e) {
-        const int i = e * 32 + ln;
-        a_[i / K][i % K] = static_cast<float>(x.a->x[e]);
-      }
-      for (int e = 0; e < FB::num_elements; ++e) {
-        const int i = e * 32 + ln;
-        b_[i / N][i % N] = static_cast<float>(x.b->x[e]);
-      }
-      for (int e = 0; e < FC::num_elements; ++e) {
-        const int i = e * 32 + ln;
-        c_[i / N][i % N] = static_cast<float>(x.c->x[e]);
-      }
+      // Element e of lane ln is element e * 32 + ln of the row-major tile.
+      auto place = [ln]<class F>(const F& f, float* tile) {
+        for (int e = 0; e < F::num_elements; ++e) tile[e * 32 + ln] = static_cast<float>(f.x[e]);
+      };
+      place(*x.a, &a_[0][0]);
+      place(*x.b, &b_[0][0]);
+      place(*x.c, &c_[0][0]);
     }
     for (int ln = 0; ln < 32; ++ln) {
       const Args& x = *static_cast<const Args*>(lanes[ln]->in);
