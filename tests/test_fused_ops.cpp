@@ -563,10 +563,17 @@ double scaled_product_norm(const Tensor& a, const Tensor& b, const Tensor& s, in
 }
 
 // masked_conv2d / the soft output of dual_conv2d, x at 0, in_scale and out_scale at in_at, out_at:
-// dout_scale[o] = sum g * y / out_scale[o], din_scale[c] = sum x * dx / in_scale[c].
-SummandNorm conv_summands(size_t in_at, size_t out_at) {
+// dout_scale[o] = sum g * y / out_scale[o], din_scale[c] = sum x * dx / in_scale[c]. hard_out > 0: the output
+// is dual_conv2d's two outputs flattened into one, the soft one first and then the hard one, of hard_out
+// channels (which no scale reaches).
+SummandNorm conv_summands(size_t in_at, size_t out_at, int64_t hard_out = 0) {
   return [=](const std::string& grad, const std::vector<Arg>& args, const Result& ref, const Tensor& g) -> double {
     if (grad == "dout_scale" && ref.out.dim() == 4) return scaled_product_norm(g, ref.out, args[out_at].v, 3);
+    if (grad == "dout_scale" && hard_out > 0) {
+      const int64_t o = args[out_at].v.numel(), soft = g.numel() / (o + hard_out) * o;
+      const auto soft_part = [&](const Tensor& t) { return reshape(slice(t, 0, 0, soft), {-1, o}); };
+      return scaled_product_norm(soft_part(g), soft_part(ref.out), args[out_at].v, 1);
+    }
     if (grad == "din_scale" && ref.grads[0].defined())
       return scaled_product_norm(args[0].v, ref.grads[0], args[in_at].v, 3);
     return 0.0;
@@ -829,7 +836,8 @@ void check_dual(const ConvShape& s, int64_t hc, int64_t ho, int part) {
       {act_arg({s.n, s.h, s.w, s.c}), act_arg({s.n, s.h, s.w, hc}), {weight_scaled(s), Kind::Param, true},
        scale_arg(s.c), scale_arg(s.o)},
       {"x_soft", "x_hard", "weight", "in_scale", "out_scale"},
-      part == 1 ? "dual_conv2d (hard)" : part == 0 ? "dual_conv2d (soft)" : "", conv_summands(3, 4));
+      part == 1 ? "dual_conv2d (hard)" : part == 0 ? "dual_conv2d (soft)" : "",
+      conv_summands(3, 4, part == 2 ? ho : 0));
 }
 
 TEST_F(FusedOpsCuda, DualConv) {
